@@ -1,0 +1,1 @@
+"""runevents: storage for the event streams of AI agent runs."""

@@ -1,0 +1,1 @@
+"""The projector: consumes the topic and writes the read tables."""

@@ -1,0 +1,31 @@
+"""The exception family every runevents component raises."""
+
+from __future__ import annotations
+
+
+class RunEventsError(Exception):
+    """Base of every error runevents raises on purpose."""
+
+
+class InvalidEventError(RunEventsError, ValueError):
+    """An event failed validation; nothing of the call that carried it was written."""
+
+    def __init__(self, field: str, problem: str, *, index: int | None = None) -> None:
+        self.field = field
+        self.problem = problem
+        self.index = index
+        where = field if index is None else f"events[{index}].{field}"
+        super().__init__(f"{where}: {problem}")
+
+
+class InvalidQueryError(RunEventsError, ValueError):
+    """A read was called with arguments it cannot answer (a negative limit, an unsafe id)."""
+
+    def __init__(self, argument: str, problem: str) -> None:
+        self.argument = argument
+        self.problem = problem
+        super().__init__(f"{argument}: {problem}")
+
+
+class StoreLockedError(RunEventsError):
+    """Another process holds the store's exclusive lock."""

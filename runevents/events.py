@@ -1,0 +1,309 @@
+"""The event envelope: input and record models, validation, trace truncation, JSON.
+
+Every backend turns caller input into records through `prepare_events` and `make_record`; none
+validates, serializes or truncates on its own.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any, Final
+
+import orjson
+import uuid_utils
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+)
+
+from runevents.errors import InvalidEventError
+
+MAX_ID_LENGTH: Final = 64
+MAX_EVENT_TYPE_LENGTH: Final = 32
+MAX_CATEGORY_LENGTH: Final = 16
+DEFAULT_MAX_TRACE_CONTENT: Final = 10240
+
+MESSAGE_CATEGORY: Final = "message"
+TRACE_CATEGORY: Final = "trace"
+AI_RESPONSE_EVENT_TYPES: Final = frozenset({"llm.ai.response", "ai_message"})
+MIDDLEWARE_CALLER_PREFIX: Final = "middleware:"
+
+# The order of the envelope's keys in every record a backend returns or writes.
+RECORD_FIELDS: Final = (
+    "thread_id",
+    "run_id",
+    "seq",
+    "event_id",
+    "event_type",
+    "category",
+    "content",
+    "metadata",
+    "created_at",
+    "user_id",
+)
+
+Content = str | dict[str, Any] | list[Any]
+Record = dict[str, Any]
+
+# A fixed namespace so an event id derived from the same coordinates is the same on every machine.
+_DERIVED_ID_NAMESPACE: Final = uuid.UUID("5d0f3c8e-9a57-4c1e-8f0b-2b7f6c1d4e90")
+
+
+def _check_text(value: str) -> str:
+    # Control characters and lone surrogates in an id break file paths, PostgreSQL text and
+    # Kafka keys alike; they are never meaningful in one.
+    for char in value:
+        code = ord(char)
+        if code < 0x20 or code == 0x7F:
+            raise ValueError(f"must not contain control character U+{code:04X}")
+        if 0xD800 <= code <= 0xDFFF:
+            raise ValueError(f"must not contain lone surrogate U+{code:04X}")
+    return value
+
+
+def _parse_created_at(value: Any) -> Any:
+    if value is None or isinstance(value, datetime):
+        return value
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"not an ISO-8601 timestamp: {value!r}") from None
+    raise ValueError(f"must be an ISO-8601 string or a datetime, got {type(value).__name__}")
+
+
+def _require_aware(value: datetime | None) -> datetime | None:
+    if value is not None and value.utcoffset() is None:
+        raise ValueError(
+            "must be timezone-aware (a naive timestamp is ambiguous; add an offset such as +00:00)"
+        )
+    return value
+
+
+def _assume_utc(value: datetime) -> datetime:
+    # Records written before offsets were enforced (deer-flow's SQLite store drops them) are UTC.
+    return value if value.utcoffset() is not None else value.replace(tzinfo=UTC)
+
+
+def _check_content(value: Any) -> Any:
+    if not isinstance(value, str | dict | list):
+        raise ValueError(f"must be a str, a dict or a list, got {type(value).__name__}")
+    return value
+
+
+def _check_metadata(value: Any) -> Any:
+    if value is not None and not isinstance(value, dict):
+        raise ValueError(f"must be a dict or None, got {type(value).__name__}")
+    return value
+
+
+Id = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH), AfterValidator(_check_text)]
+EventType = Annotated[str, Field(min_length=1, max_length=MAX_EVENT_TYPE_LENGTH), AfterValidator(_check_text)]
+Category = Annotated[str, Field(min_length=1, max_length=MAX_CATEGORY_LENGTH), AfterValidator(_check_text)]
+
+
+class EventInput(BaseModel):
+    """One event as a writer hands it to `put`/`put_batch` (before a seq is assigned)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    thread_id: Id
+    run_id: Id
+    event_type: EventType
+    category: Category
+    content: Annotated[Any, AfterValidator(_check_content)] = ""
+    metadata: Annotated[Any, AfterValidator(_check_metadata)] = None
+    created_at: Annotated[
+        datetime | None, BeforeValidator(_parse_created_at), AfterValidator(_require_aware)
+    ] = None
+    user_id: Id | None = None
+
+
+class RunEventRecord(BaseModel):
+    """One stored event: the envelope every backend returns (guarantee 4)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    thread_id: str
+    run_id: str
+    seq: int = Field(ge=1)
+    event_id: str
+    event_type: str
+    category: str
+    content: str | dict[str, Any] | list[Any]
+    metadata: dict[str, Any]
+    created_at: Annotated[datetime, AfterValidator(_assume_utc)]
+    user_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedEvent:
+    """A validated, normalized event that only lacks its seq."""
+
+    thread_id: str
+    run_id: str
+    event_type: str
+    category: str
+    content: Content
+    metadata: dict[str, Any]
+    created_at: str
+    user_id: str | None
+    event_id: str
+
+
+def new_event_id() -> str:
+    """A fresh UUIDv7 event id: unique and ordered by creation time."""
+    return str(uuid_utils.uuid7())
+
+
+def derived_event_id(*coordinates: str | int) -> str:
+    """A deterministic event id for a record that was stored without one."""
+    name = "\x1f".join(str(part) for part in coordinates)
+    return str(uuid.uuid5(_DERIVED_ID_NAMESPACE, name))
+
+
+def to_json(value: Any) -> bytes:
+    """Serialize a JSON value as the persistent backends store it (non-JSON values via str)."""
+    return orjson.dumps(value, default=str)
+
+
+def utc_iso(moment: datetime) -> str:
+    """An aware timestamp as ISO-8601 in UTC with a +00:00 offset."""
+    return moment.astimezone(UTC).isoformat()
+
+
+def _json_value(value: Any, field: str, index: int | None) -> tuple[Any, bytes]:
+    # Serializing once both checks the value and normalizes it (tuples become lists, non-JSON
+    # values strings), so every backend returns what a persistent one would read back.
+    try:
+        encoded = to_json(value)
+    except TypeError as exc:
+        raise InvalidEventError(field, f"not JSON-serializable: {exc}", index=index) from None
+    if isinstance(value, str):
+        return value, encoded
+    return orjson.loads(encoded), encoded
+
+
+def truncate_trace(
+    content: Content, content_json: bytes, metadata: dict[str, Any], max_bytes: int
+) -> tuple[Content, dict[str, Any]]:
+    """Cut trace content to `max_bytes` UTF-8 bytes, marking the metadata when it was cut."""
+    encoded = content.encode("utf-8") if isinstance(content, str) else content_json
+    if len(encoded) <= max_bytes:
+        return content, metadata
+    # The source is valid UTF-8, so ignoring errors drops only a character split by the cut.
+    cut = encoded[:max_bytes].decode("utf-8", errors="ignore")
+    return cut, {**metadata, "content_truncated": True, "original_byte_length": len(encoded)}
+
+
+def _first_problem(error: ValidationError) -> tuple[str, str]:
+    detail = error.errors(include_url=False)[0]
+    field = ".".join(str(part) for part in detail["loc"]) or "event"
+    kind = detail["type"]
+    if kind == "missing":
+        return field, "is required"
+    if kind == "extra_forbidden":
+        return field, "is not a field of an event"
+    message = str(detail["msg"])
+    message = message.removeprefix("Value error, ")
+    if kind == "string_too_short":
+        message = "must not be empty"
+    elif kind == "string_too_long":
+        limit = detail.get("ctx", {}).get("max_length")
+        message = f"must be at most {limit} characters (got {len(detail['input'])})"
+    elif kind == "string_type":
+        message = f"must be a str, got {type(detail['input']).__name__}"
+    return field, message
+
+
+def prepare_event(
+    raw: Mapping[str, Any], *, index: int | None = None, max_trace_content: int | None = None
+) -> PreparedEvent:
+    """Validate and normalize one event; raise `InvalidEventError` naming the bad field."""
+    if not isinstance(raw, Mapping):
+        raise InvalidEventError("event", f"must be a dict, got {type(raw).__name__}", index=index)
+    try:
+        event = EventInput.model_validate(raw)
+    except ValidationError as exc:
+        field, problem = _first_problem(exc)
+        raise InvalidEventError(field, problem, index=index) from None
+    content, content_json = _json_value(event.content, "content", index)
+    metadata, _ = _json_value(event.metadata or {}, "metadata", index)
+    if max_trace_content is not None and event.category == TRACE_CATEGORY:
+        content, metadata = truncate_trace(content, content_json, metadata, max_trace_content)
+    created_at = event.created_at or datetime.now(UTC)
+    return PreparedEvent(
+        thread_id=event.thread_id,
+        run_id=event.run_id,
+        event_type=event.event_type,
+        category=event.category,
+        content=content,
+        metadata=metadata,
+        created_at=utc_iso(created_at),
+        user_id=event.user_id,
+        event_id=new_event_id(),
+    )
+
+
+def prepare_events(
+    events: Sequence[Mapping[str, Any]], *, max_trace_content: int | None = None
+) -> list[PreparedEvent]:
+    """Validate a whole batch before any of it is written; the first bad event names its index."""
+    if not isinstance(events, Sequence) or isinstance(events, str | bytes):
+        raise InvalidEventError("events", f"must be a list of dicts, got {type(events).__name__}")
+    return [prepare_event(raw, index=i, max_trace_content=max_trace_content) for i, raw in enumerate(events)]
+
+
+def make_record(event: PreparedEvent, seq: int) -> Record:
+    """The envelope record of a prepared event once its seq is assigned."""
+    return {
+        "thread_id": event.thread_id,
+        "run_id": event.run_id,
+        "seq": seq,
+        "event_id": event.event_id,
+        "event_type": event.event_type,
+        "category": event.category,
+        "content": event.content,
+        "metadata": event.metadata,
+        "created_at": event.created_at,
+        "user_id": event.user_id,
+    }
+
+
+def record_from_model(model: RunEventRecord) -> Record:
+    """The envelope record of a validated stored record, timestamps in UTC."""
+    return {
+        "thread_id": model.thread_id,
+        "run_id": model.run_id,
+        "seq": model.seq,
+        "event_id": model.event_id,
+        "event_type": model.event_type,
+        "category": model.category,
+        "content": model.content,
+        "metadata": model.metadata,
+        "created_at": utc_iso(model.created_at),
+        "user_id": model.user_id,
+    }
+
+
+def message_id_of(category: str, content: Any) -> str | None:
+    """The message id a message record carries in its dict content (`content["id"]`), if any."""
+    if category != MESSAGE_CATEGORY or not isinstance(content, dict):
+        return None
+    value = content.get("id")
+    return value if isinstance(value, str) else None
+
+
+def is_visible_ai_message(event_type: str, category: str, metadata: Mapping[str, Any]) -> bool:
+    """Whether a record is an AI response a user sees (not written by middleware)."""
+    if category != MESSAGE_CATEGORY or event_type not in AI_RESPONSE_EVENT_TYPES:
+        return False
+    caller = metadata.get("caller")
+    return not str(caller if caller is not None else "").startswith(MIDDLEWARE_CALLER_PREFIX)

@@ -1,0 +1,1 @@
+"""Operations on the log: replay, backfill, dead letters."""

@@ -1,0 +1,1 @@
+"""Publishing events to the topic (the bus backend's write side)."""

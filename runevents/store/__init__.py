@@ -1,0 +1,38 @@
+"""The contract and its backends; `open_store` picks one from a URL."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs, urlsplit
+
+from runevents.store.base import RunEventStore
+from runevents.store.jsonl import JsonlRunEventStore
+from runevents.store.memory import MemoryRunEventStore
+
+__all__ = ["JsonlRunEventStore", "MemoryRunEventStore", "RunEventStore", "open_store"]
+
+
+def open_store(url: str) -> RunEventStore:
+    """A store for a backend URL: `memory://` or `jsonl:///path/to/dir?durability=fsync`."""
+    parts = urlsplit(url)
+    options = {key: values[-1] for key, values in parse_qs(parts.query).items()}
+    max_trace = options.pop("max_trace_content", None)
+    max_trace_content = int(max_trace) if max_trace is not None else None
+    if parts.scheme == "memory":
+        store: RunEventStore = MemoryRunEventStore(max_trace_content=max_trace_content)
+    elif parts.scheme == "jsonl":
+        path = parts.netloc + parts.path
+        if not path:
+            raise ValueError(f"{url!r}: a jsonl URL names a directory, e.g. jsonl:///var/lib/runevents")
+        durability = options.pop("durability", "flush")
+        if durability not in ("flush", "fsync"):
+            raise ValueError(f"{url!r}: durability must be 'flush' or 'fsync', got {durability!r}")
+        store = JsonlRunEventStore(
+            path,
+            durability="fsync" if durability == "fsync" else "flush",
+            max_trace_content=max_trace_content,
+        )
+    else:
+        raise ValueError(f"{url!r}: unknown backend {parts.scheme!r}; expected memory:// or jsonl://")
+    if options:
+        raise ValueError(f"{url!r}: unknown option(s) {', '.join(sorted(options))}")
+    return store

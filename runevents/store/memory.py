@@ -1,0 +1,54 @@
+"""The memory backend: every thread's log in a dict, for tests, notebooks and one process.
+
+No method awaits between reading and changing state, so coroutines of one event loop cannot
+interleave inside a write: seq stays gap-free without locks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from runevents.events import PreparedEvent, Record, make_record, prepare_event, prepare_events
+from runevents.store.log_store import ThreadLogStore
+from runevents.store.thread_log import LoggedEvent, ThreadLog
+
+
+class MemoryRunEventStore(ThreadLogStore):
+    """A `RunEventStore` held in process memory; gone when the process ends."""
+
+    def __init__(self, *, max_trace_content: int | None = None) -> None:
+        self._max_trace_content = max_trace_content
+        self._threads: dict[str, ThreadLog] = {}
+
+    async def _read_log(self, thread_id: str) -> ThreadLog:
+        return self._threads.get(thread_id) or ThreadLog()
+
+    def _append(self, event: PreparedEvent) -> Record:
+        log = self._threads.setdefault(event.thread_id, ThreadLog())
+        record = make_record(event, log.last_seq + 1)
+        log.append(LoggedEvent.of(record))
+        return record
+
+    async def put_batch(self, events: Sequence[Mapping[str, Any]]) -> list[Record]:
+        """Write many events all or none; return their records in input order."""
+        prepared = prepare_events(events, max_trace_content=self._max_trace_content)
+        return [self._append(event) for event in prepared]
+
+    async def _put_if_absent(self, event: Mapping[str, Any]) -> tuple[Record, bool]:
+        prepared = prepare_event(event, max_trace_content=self._max_trace_content)
+        log = self._threads.get(prepared.thread_id)
+        existing = None if log is None else log.first_of_type(prepared.run_id, prepared.event_type)
+        if existing is not None:
+            return existing.record(), False
+        return self._append(prepared), True
+
+    async def delete_by_thread(self, thread_id: str) -> int:
+        """Delete a thread's records and reset its seq; return how many were removed."""
+        log = self._threads.pop(thread_id, None)
+        return 0 if log is None else len(log.events)
+
+    async def delete_by_run(self, thread_id: str, run_id: str) -> int:
+        """Delete a run's records (the thread's seq goes on); return how many were removed."""
+        log = self._threads.get(thread_id)
+        return 0 if log is None else log.remove_run(run_id)
