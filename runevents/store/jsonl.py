@@ -120,6 +120,7 @@ class JsonlRunEventStore(ThreadLogStore):
         self._claim_directory()
         log = self._logs.get(thread_id)
         if log is not None:
+            self._logs.move_to_end(thread_id)
             return log
         async with self._thread_lock(thread_id):
             return await run_to_completion(self._load(thread_id))
