@@ -6,6 +6,7 @@ validates, serializes or truncates on its own.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -56,15 +57,17 @@ Record = dict[str, Any]
 _DERIVED_ID_NAMESPACE: Final = uuid.UUID("5d0f3c8e-9a57-4c1e-8f0b-2b7f6c1d4e90")
 
 
+# Control characters and lone surrogates in an id break file paths, PostgreSQL text and Kafka keys
+# alike; they are never meaningful in one.
+_FORBIDDEN_IN_TEXT = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+
+
 def _check_text(value: str) -> str:
-    # Control characters and lone surrogates in an id break file paths, PostgreSQL text and
-    # Kafka keys alike; they are never meaningful in one.
-    for char in value:
-        code = ord(char)
-        if code < 0x20 or code == 0x7F:
-            raise ValueError(f"must not contain control character U+{code:04X}")
-        if 0xD800 <= code <= 0xDFFF:
-            raise ValueError(f"must not contain lone surrogate U+{code:04X}")
+    found = _FORBIDDEN_IN_TEXT.search(value)
+    if found is not None:
+        code = ord(found.group())
+        kind = "lone surrogate" if code >= 0xD800 else "control character"
+        raise ValueError(f"must not contain {kind} U+{code:04X}")
     return value
 
 
@@ -169,9 +172,14 @@ def derived_event_id(*coordinates: str | int) -> str:
     return str(uuid.uuid5(_DERIVED_ID_NAMESPACE, name))
 
 
+# orjson would write datetimes as ISO-8601 and dataclasses as objects; the contract (and deer-flow,
+# whose stores call json.dumps(default=str)) turns every value JSON cannot hold into str(value).
+_JSON_OPTIONS: Final = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+
+
 def to_json(value: Any) -> bytes:
     """Serialize a JSON value as the persistent backends store it (non-JSON values via str)."""
-    return orjson.dumps(value, default=str)
+    return orjson.dumps(value, default=str, option=_JSON_OPTIONS)
 
 
 def utc_iso(moment: datetime) -> str:
@@ -211,6 +219,8 @@ def _first_problem(error: ValidationError) -> tuple[str, str]:
         return field, "is required"
     if kind == "extra_forbidden":
         return field, "is not a field of an event"
+    if kind == "string_unicode":
+        return field, "must not contain lone surrogates"
     message = str(detail["msg"])
     message = message.removeprefix("Value error, ")
     if kind == "string_too_short":

@@ -78,7 +78,7 @@ def test_values_json_cannot_hold_are_stringified_and_tuples_become_lists() -> No
     prepared = prepare_event(
         {**GOOD, "content": {"when": when, "id": ident, "pair": (1, 2)}, "metadata": {"tags": ("a",)}}
     )
-    assert prepared.content == {"when": "2026-01-01T00:00:00+00:00", "id": str(ident), "pair": [1, 2]}
+    assert prepared.content == {"when": str(when), "id": str(ident), "pair": [1, 2]}
     assert prepared.metadata == {"tags": ["a"]}
 
 

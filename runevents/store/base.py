@@ -7,7 +7,7 @@ from collections.abc import Collection, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
-from runevents.errors import InvalidQueryError
+from runevents.errors import InvalidEventError, InvalidQueryError
 from runevents.events import Content, Record
 
 
@@ -28,7 +28,11 @@ class RunEventStore(abc.ABC):
     ) -> Record:
         """Write one event, assign its seq and return the complete record."""
         event = _event(thread_id, run_id, event_type, category, content, metadata, created_at, user_id)
-        (record,) = await self.put_batch([event])
+        try:
+            (record,) = await self.put_batch([event])
+        except InvalidEventError as exc:
+            # A single put has no batch position to report.
+            raise InvalidEventError(exc.field, exc.problem) from None
         return record
 
     @abc.abstractmethod

@@ -149,16 +149,19 @@ class JsonlRunEventStore(ThreadLogStore):
         logs = {event.thread_id: await self._load(event.thread_id) for event in prepared}
         next_seq = {thread_id: log.last_seq for thread_id, log in logs.items()}
         entries: list[tuple[ThreadLog, LoggedEvent]] = []
-        appends: dict[Path, list[bytes]] = {}
+        lines: dict[tuple[str, str], list[bytes]] = {}
         records = []
         for event in prepared:
             next_seq[event.thread_id] += 1
             record = make_record(event, next_seq[event.thread_id])
             line = to_json(record)
-            path = ThreadFiles(self._base, event.thread_id).run_file(event.run_id)
-            appends.setdefault(path, []).append(line)
+            lines.setdefault((event.thread_id, event.run_id), []).append(line)
             entries.append((logs[event.thread_id], LoggedEvent.of(record, line)))
             records.append(record)
+        appends = {
+            ThreadFiles(self._base, thread_id).run_file(run_id): run_lines
+            for (thread_id, run_id), run_lines in lines.items()
+        }
         await self._blocking(jsonl_files.append_lines, appends, self._fsync)
         # The logs change only after the files have the lines, so a failed append leaves both as they were.
         for log, entry in entries:
