@@ -1,0 +1,1 @@
+"""Benchmarks of runevents backends against plain baselines run in the same process."""
