@@ -89,7 +89,7 @@ class ReferenceModel:
         event_id = record.get("event_id")
         assert isinstance(event_id, str), f"bad event_id {event_id!r}"
         assert event_id, "empty event_id"
-        held = self.threads.get(event["thread_id"], [])
+        held = [r for records in self.threads.values() for r in records]
         assert all(r["event_id"] != event_id for r in held), f"event_id {event_id!r} reused"
         created_at = record.get("created_at")
         assert isinstance(created_at, str), f"bad created_at {created_at!r}"
