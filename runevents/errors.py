@@ -29,3 +29,7 @@ class InvalidQueryError(RunEventsError, ValueError):
 
 class StoreLockedError(RunEventsError):
     """Another process holds the store's exclusive lock."""
+
+
+class SchemaOutdatedError(RunEventsError):
+    """The database's read tables are older (or newer) than this version of runevents needs."""

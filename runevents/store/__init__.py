@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
+from runevents.events import DEFAULT_MAX_TRACE_CONTENT
 from runevents.store.base import RunEventStore
 from runevents.store.jsonl import JsonlRunEventStore
 from runevents.store.memory import MemoryRunEventStore
@@ -12,7 +13,7 @@ __all__ = ["JsonlRunEventStore", "MemoryRunEventStore", "RunEventStore", "open_s
 
 
 def open_store(url: str) -> RunEventStore:
-    """A store for a backend URL: `memory://` or `jsonl:///path/to/dir?durability=fsync`."""
+    """A store for a backend URL: `memory://`, `jsonl:///dir?durability=fsync`, a PostgreSQL or SQLite URL."""
     parts = urlsplit(url)
     options = {key: values[-1] for key, values in parse_qs(parts.query).items()}
     max_trace = options.pop("max_trace_content", None)
@@ -31,8 +32,20 @@ def open_store(url: str) -> RunEventStore:
             durability="fsync" if durability == "fsync" else "flush",
             max_trace_content=max_trace_content,
         )
+    elif parts.scheme.split("+")[0] in ("postgresql", "postgres", "sqlite"):
+        from runevents.store.sql import SqlRunEventStore  # SQLAlchemy loads only for the sql backend
+
+        schema = options.pop("schema", None)
+        database_url = urlunsplit(parts._replace(query=""))
+        store = SqlRunEventStore(
+            database_url,
+            schema=schema,
+            max_trace_content=DEFAULT_MAX_TRACE_CONTENT if max_trace is None else max_trace_content,
+        )
     else:
-        raise ValueError(f"{url!r}: unknown backend {parts.scheme!r}; expected memory:// or jsonl://")
+        raise ValueError(
+            f"{url!r}: unknown backend {parts.scheme!r}; expected memory://, jsonl://, postgresql:// or sqlite://"
+        )
     if options:
         raise ValueError(f"{url!r}: unknown option(s) {', '.join(sorted(options))}")
     return store

@@ -2,19 +2,50 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncpg  # type: ignore[import-untyped]  # no type information shipped
 import pytest
+from sqlalchemy.engine import make_url
 
 from runevents.store import RunEventStore
-from tests.backends.registry import BACKENDS, Backend
+from runevents.store.migrate import upgrade
+from tests.backends.registry import BACKENDS, Backend, run_aside
+
+
+@pytest.fixture(scope="session")
+def migrated_sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file at the newest schema revision, copied for each test that needs one."""
+    path = tmp_path_factory.mktemp("sqlite") / "template.sqlite"
+    upgrade(f"sqlite+aiosqlite:///{path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def migrated_postgres_url(postgres_url: str) -> str:
+    """A database at the newest schema revision on the session's PostgreSQL, shared by the suite."""
+    server = make_url(postgres_url)
+    name = f"conformance_{uuid.uuid4().hex[:12]}"
+
+    async def create() -> None:
+        admin = await asyncpg.connect(server.set(drivername="postgresql").render_as_string(hide_password=False))
+        try:
+            await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
+        finally:
+            await admin.close()
+
+    run_aside(create())
+    url = server.set(database=name).render_as_string(hide_password=False)
+    upgrade(url)
+    return url
 
 
 @pytest.fixture(params=sorted(BACKENDS))
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     """The backend under test, over storage of its own."""
-    return BACKENDS[request.param](tmp_path / "store")
+    return BACKENDS[request.param](tmp_path / "store", request)
 
 
 @pytest.fixture

@@ -155,12 +155,13 @@ class StoreMachine(RuleBasedStateMachine):
     """One store of one backend, driven side by side with the reference model."""
 
     backend_name: ClassVar[str]
+    request: ClassVar[pytest.FixtureRequest]
 
     def __init__(self) -> None:
         super().__init__()
         self.loop = asyncio.new_event_loop()
         self.directory = Path(tempfile.mkdtemp(prefix="runevents-stateful-"))
-        self.backend = BACKENDS[self.backend_name](self.directory / "store")
+        self.backend = BACKENDS[self.backend_name](self.directory / "store", self.request)
         self.store = self.backend.open()
         self.model = ReferenceModel()
 
@@ -423,12 +424,13 @@ SETTINGS = settings(
 )
 
 
-def machine_for(backend_name: str) -> type[StoreMachine]:
+def machine_for(backend_name: str, request: pytest.FixtureRequest) -> type[StoreMachine]:
     """A machine class of its own per backend, so a failure's printed steps name the backend."""
-    name = f"{backend_name.capitalize()}StoreMachine"
-    return cast(type[StoreMachine], type(name, (StoreMachine,), {"backend_name": backend_name}))
+    name = "".join(part.capitalize() for part in backend_name.split("+")) + "StoreMachine"
+    attributes = {"backend_name": backend_name, "request": request}
+    return cast(type[StoreMachine], type(name, (StoreMachine,), attributes))
 
 
 @pytest.mark.parametrize("backend_name", sorted(BACKENDS))
-def test_store_matches_reference_model(backend_name: str) -> None:
-    run_state_machine_as_test(machine_for(backend_name), settings=SETTINGS)
+def test_store_matches_reference_model(backend_name: str, request: pytest.FixtureRequest) -> None:
+    run_state_machine_as_test(machine_for(backend_name, request), settings=SETTINGS)

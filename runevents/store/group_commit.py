@@ -1,0 +1,119 @@
+"""Group commit: concurrent writes of one store share one transaction.
+
+One transaction per `put` caps a store at what one round trip and one commit allow; writers that
+arrive while a transaction runs are flushed together in the next one. Each caller still gets its
+own records or its own error: when a shared transaction fails before its commit, nothing of it was
+written, and each write is tried again alone so one bad write cannot fail its neighbours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+class CommitOutcomeUnknown(Exception):
+    """Raised by a flush whose commit failed: the writes may or may not have been stored."""
+
+
+@dataclass(slots=True)
+class _Pending(Generic[Item, Result]):
+    items: Sequence[Item]
+    done: asyncio.Future[list[Result]]
+
+
+class GroupCommitter(Generic[Item, Result]):
+    """Runs `flush(groups)` for whatever writes are waiting, in up to `concurrency` transactions at once."""
+
+    def __init__(
+        self,
+        flush: Callable[[list[Sequence[Item]]], Awaitable[list[list[Result]]]],
+        *,
+        concurrency: int = 4,
+        max_items: int = 2000,
+    ) -> None:
+        self._flush = flush
+        self._concurrency = concurrency
+        self._max_items = max_items
+        self._waiting: deque[_Pending[Item, Result]] = deque()
+        self._wakeup: asyncio.Event | None = None
+        self._flushers: list[asyncio.Task[None]] = []
+        self._unsettled: set[asyncio.Future[list[Result]]] = set()
+
+    async def submit(self, items: Sequence[Item]) -> list[Result]:
+        """Write `items` in the next transaction and return their results."""
+        if not self._flushers:
+            self._start()
+        assert self._wakeup is not None
+        pending: _Pending[Item, Result] = _Pending(items, asyncio.get_running_loop().create_future())
+        self._waiting.append(pending)
+        self._unsettled.add(pending.done)
+        pending.done.add_done_callback(self._unsettled.discard)
+        self._wakeup.set()
+        # Cancelling the caller cancels `done`: a write still waiting is then skipped; one already
+        # in a transaction is committed (or not) with it.
+        return await pending.done
+
+    def _start(self) -> None:
+        self._wakeup = asyncio.Event()
+        self._flushers = [asyncio.create_task(self._run()) for _ in range(self._concurrency)]
+
+    async def close(self) -> None:
+        """Stop the flushers once the writes already submitted are done."""
+        await asyncio.gather(*self._unsettled, return_exceptions=True)
+        for task in self._flushers:
+            task.cancel()
+        for task in self._flushers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._flushers = []
+
+    def _take(self) -> list[_Pending[Item, Result]]:
+        taken: list[_Pending[Item, Result]] = []
+        size = 0
+        while self._waiting and (not taken or size + len(self._waiting[0].items) <= self._max_items):
+            pending = self._waiting.popleft()
+            if not pending.done.done():  # a caller cancelled before its turn: nothing to write
+                taken.append(pending)
+                size += len(pending.items)
+        return taken
+
+    async def _run(self) -> None:
+        assert self._wakeup is not None
+        while True:
+            if not self._waiting:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            taken = self._take()
+            if taken:
+                await self._write(taken)
+
+    async def _write(self, taken: list[_Pending[Item, Result]]) -> None:
+        try:
+            results = await self._flush([pending.items for pending in taken])
+        except CommitOutcomeUnknown as exc:
+            for pending in taken:
+                _settle_error(pending, exc)
+        except Exception as exc:
+            if len(taken) == 1:
+                _settle_error(taken[0], exc)
+                return
+            for pending in taken:  # the shared transaction rolled back: try each alone
+                await self._write([pending])
+        else:
+            for pending, result in zip(taken, results, strict=True):
+                if not pending.done.done():
+                    pending.done.set_result(result)
+
+
+def _settle_error(pending: _Pending[Item, Result], error: BaseException) -> None:
+    if not pending.done.done():
+        pending.done.set_exception(error)

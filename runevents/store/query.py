@@ -1,0 +1,207 @@
+"""The read side: every read of the contract over the read tables, each an index range scan.
+
+The sql backend and the bus backend (whose projector writes the same tables) both read here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from datetime import UTC
+from typing import Any, Final
+
+import orjson
+from sqlalchemy import Select, func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from runevents.events import (
+    AI_RESPONSE_EVENT_TYPES,
+    MESSAGE_CATEGORY,
+    MIDDLEWARE_CALLER_PREFIX,
+    Record,
+    utc_iso,
+)
+from runevents.store.base import RunEventStore, check_names, check_page
+from runevents.store.schema import STR, run_events, thread_counters
+
+_e = run_events.c
+RECORD_COLUMNS: Final = (
+    _e.thread_id,
+    _e.run_id,
+    _e.seq,
+    _e.event_id,
+    _e.event_type,
+    _e.category,
+    _e.content,
+    _e.content_kind,
+    _e.metadata,
+    _e.created_at,
+    _e.user_id,
+)
+
+
+def row_to_record(row: Any) -> Record:
+    """The envelope record of a `run_events` row selected with `RECORD_COLUMNS`."""
+    created_at = row.created_at
+    if created_at.tzinfo is None:  # SQLite returns what it stored, UTC without an offset
+        created_at = created_at.replace(tzinfo=UTC)
+    return {
+        "thread_id": row.thread_id,
+        "run_id": row.run_id,
+        "seq": row.seq,
+        "event_id": row.event_id,
+        "event_type": row.event_type,
+        "category": row.category,
+        "content": row.content if row.content_kind == STR else orjson.loads(row.content),
+        "metadata": orjson.loads(row.metadata),
+        "created_at": utc_iso(created_at),
+        "user_id": row.user_id,
+    }
+
+
+def _scoped(statement: Select[Any], user_id: str | None) -> Select[Any]:
+    return statement if user_id is None else statement.where(_e.user_id == user_id)
+
+
+def _page(
+    statement: Select[Any], limit: int, before_seq: int | None, after_seq: int | None
+) -> tuple[Select[Any], bool]:
+    """Apply the contract's paging rule; the flag says the rows come newest first."""
+    if before_seq is not None:
+        statement = statement.where(_e.seq < before_seq)
+    if after_seq is not None:
+        return statement.where(_e.seq > after_seq).order_by(_e.seq.asc()).limit(limit), False
+    return statement.order_by(_e.seq.desc()).limit(limit), True
+
+
+class ReadTablesStore(RunEventStore):
+    """A store whose reads come from the read tables behind `self._engine`; subclasses write them."""
+
+    _engine: AsyncEngine
+
+    async def _ready(self) -> None:
+        """Check whatever must hold before the tables are read (the schema revision)."""
+
+    async def _rows(self, statement: Select[Any]) -> list[Any]:
+        await self._ready()
+        async with self._engine.connect() as connection:
+            return list((await connection.execute(statement)).all())
+
+    async def _records(self, statement: Select[Any], newest_first: bool = False) -> list[Record]:
+        records = [row_to_record(row) for row in await self._rows(statement)]
+        if newest_first:
+            records.reverse()
+        return records
+
+    async def list_messages(
+        self,
+        thread_id: str,
+        *,
+        limit: int = 50,
+        before_seq: int | None = None,
+        after_seq: int | None = None,
+        user_id: str | None = None,
+    ) -> list[Record]:
+        """Return one page of a thread's message records, ascending by seq."""
+        check_page(limit, before_seq, after_seq)
+        if limit == 0:
+            return []
+        messages = select(*RECORD_COLUMNS).where(_e.thread_id == thread_id, _e.category == MESSAGE_CATEGORY)
+        statement, newest_first = _page(_scoped(messages, user_id), limit, before_seq, after_seq)
+        return await self._records(statement, newest_first)
+
+    async def list_messages_by_run(
+        self,
+        thread_id: str,
+        run_id: str,
+        *,
+        limit: int = 50,
+        before_seq: int | None = None,
+        after_seq: int | None = None,
+        user_id: str | None = None,
+    ) -> list[Record]:
+        """Return one page of a run's message records, ascending by seq."""
+        check_page(limit, before_seq, after_seq)
+        if limit == 0:
+            return []
+        messages = select(*RECORD_COLUMNS).where(
+            _e.thread_id == thread_id, _e.run_id == run_id, _e.category == MESSAGE_CATEGORY
+        )
+        statement, newest_first = _page(_scoped(messages, user_id), limit, before_seq, after_seq)
+        return await self._records(statement, newest_first)
+
+    async def list_events(
+        self,
+        thread_id: str,
+        run_id: str,
+        *,
+        event_types: Collection[str] | None = None,
+        task_id: str | None = None,
+        after_seq: int | None = None,
+        limit: int = 500,
+        user_id: str | None = None,
+    ) -> list[Record]:
+        """Return a run's records of every category, filtered, then the first `limit` after `after_seq`."""
+        check_page(limit, None, after_seq)
+        if event_types is not None:
+            check_names("event_types", event_types)
+        if limit == 0 or (event_types is not None and not event_types):
+            return []
+        statement = _scoped(
+            select(*RECORD_COLUMNS).where(_e.thread_id == thread_id, _e.run_id == run_id), user_id
+        )
+        if event_types is not None:
+            statement = statement.where(_e.event_type.in_(list(event_types)))
+        if task_id is not None:
+            statement = statement.where(_e.task_id == task_id)
+        if after_seq is not None:
+            statement = statement.where(_e.seq > after_seq)
+        return await self._records(statement.order_by(_e.seq.asc()).limit(limit))
+
+    async def get_last_visible_ai_seq_by_run(
+        self, thread_id: str, run_ids: Collection[str], *, user_id: str | None = None
+    ) -> dict[str, int]:
+        """Return the seq of each run's last AI response not written by middleware."""
+        check_names("run_ids", run_ids)
+        if not run_ids:
+            return {}
+        caller = func.coalesce(_e.caller, "")
+        statement = _scoped(
+            select(_e.run_id, func.max(_e.seq)).where(
+                _e.thread_id == thread_id,
+                _e.run_id.in_(list(run_ids)),
+                _e.category == MESSAGE_CATEGORY,
+                _e.event_type.in_(sorted(AI_RESPONSE_EVENT_TYPES)),
+                caller.not_like(f"{MIDDLEWARE_CALLER_PREFIX}%"),
+            ),
+            user_id,
+        ).group_by(_e.run_id)
+        return {row[0]: row[1] for row in await self._rows(statement)}
+
+    async def get_message_seqs(
+        self, thread_id: str, identities: Collection[str], *, user_id: str | None = None
+    ) -> dict[str, int]:
+        """Return the seq of the earliest message record whose content `id` is each wanted id."""
+        check_names("identities", identities)
+        if not identities:
+            return {}
+        statement = _scoped(
+            select(_e.message_id, func.min(_e.seq)).where(
+                _e.thread_id == thread_id, _e.message_id.in_(list(identities))
+            ),
+            user_id,
+        ).group_by(_e.message_id)
+        return {row[0]: row[1] for row in await self._rows(statement)}
+
+    async def count_messages(self, thread_id: str, *, user_id: str | None = None) -> int:
+        """Return how many message records a thread holds."""
+        if user_id is None:
+            # The counter row, not count(*): constant time however long the thread is.
+            statement = select(thread_counters.c.message_count).where(
+                thread_counters.c.thread_id == thread_id
+            )
+        else:
+            statement = select(func.count()).where(
+                _e.thread_id == thread_id, _e.category == MESSAGE_CATEGORY, _e.user_id == user_id
+            )
+        rows = await self._rows(statement)
+        return int(rows[0][0]) if rows else 0

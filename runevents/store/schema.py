@@ -1,0 +1,113 @@
+"""The read tables: one schema for the sql backend and for the bus projector that writes them later.
+
+Every unique key starts with `thread_id`, so the tables can be hash-partitioned or distributed by
+thread (Citus) when one PostgreSQL is not enough.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Final, cast
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Index,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    Uuid,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from runevents.events import MAX_CATEGORY_LENGTH, MAX_EVENT_TYPE_LENGTH, MAX_ID_LENGTH
+
+# How `run_events.content` holds a record's content: the string itself, or JSON text.
+STR: Final = "str"
+DICT: Final = "dict"
+LIST: Final = "list"
+# A string PostgreSQL text cannot hold as it is (it has NUL), kept as its JSON text instead.
+JSON_STR: Final = "jstr"
+CONTENT_KINDS: Final = (STR, DICT, LIST, JSON_STR)
+
+NAMING: Final = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    """Declarative base of the read tables."""
+
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class RunEvent(Base):
+    """One event of one thread: the envelope, plus the columns the reads look up by."""
+
+    __tablename__ = "run_events"
+
+    thread_id: Mapped[str] = mapped_column(String(MAX_ID_LENGTH))
+    seq: Mapped[int] = mapped_column(BigInteger)
+    run_id: Mapped[str] = mapped_column(String(MAX_ID_LENGTH))
+    event_id: Mapped[str] = mapped_column(Uuid(as_uuid=False))
+    event_type: Mapped[str] = mapped_column(String(MAX_EVENT_TYPE_LENGTH))
+    category: Mapped[str] = mapped_column(String(MAX_CATEGORY_LENGTH))
+    content: Mapped[str] = mapped_column(Text)
+    content_kind: Mapped[str] = mapped_column(String(4))
+    # The metadata's exact JSON text. Not json/jsonb: PostgreSQL's JSON functions reject "\u0000"
+    # anywhere in a document (guarantee 10 says NUL survives), and jsonb reorders keys. The two
+    # keys the reads filter on are columns of their own instead.
+    event_metadata: Mapped[str] = mapped_column("metadata", Text)
+    # metadata["task_id"] when it is a string: list_events(task_id=...) filters on it.
+    task_id: Mapped[str | None] = mapped_column(Text)
+    # str(metadata["caller"]): get_last_visible_ai_seq_by_run skips callers starting "middleware:".
+    caller: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    user_id: Mapped[str | None] = mapped_column(String(MAX_ID_LENGTH))
+    # content["id"] of a message whose content is a dict: the LangChain/OpenAI message id.
+    message_id: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        PrimaryKeyConstraint("thread_id", "seq"),
+        UniqueConstraint("thread_id", "event_id"),
+        CheckConstraint(f"content_kind IN {CONTENT_KINDS!r}", name="content_kind"),
+        Index("ix_run_events_thread_id_run_id_seq", "thread_id", "run_id", "seq"),
+        Index(
+            "ix_run_events_messages",
+            "thread_id",
+            "seq",
+            postgresql_where=text("category = 'message'"),
+            sqlite_where=text("category = 'message'"),
+        ),
+        Index(
+            "ix_run_events_thread_id_message_id",
+            "thread_id",
+            "message_id",
+            "seq",
+            postgresql_where=text("message_id IS NOT NULL"),
+            sqlite_where=text("message_id IS NOT NULL"),
+        ),
+    )
+
+
+class ThreadCounter(Base):
+    """A thread's seq counter and counts, changed in the same transaction as its rows."""
+
+    __tablename__ = "thread_counters"
+
+    thread_id: Mapped[str] = mapped_column(String(MAX_ID_LENGTH), primary_key=True)
+    last_seq: Mapped[int] = mapped_column(BigInteger)
+    event_count: Mapped[int] = mapped_column(BigInteger)
+    message_count: Mapped[int] = mapped_column(BigInteger)
+
+
+run_events = cast(Table, RunEvent.__table__)
+thread_counters = cast(Table, ThreadCounter.__table__)

@@ -1,0 +1,300 @@
+"""The sql backend: one service with a database (PostgreSQL through asyncpg, or SQLite).
+
+seq comes from the thread's counter row, reserved with one `INSERT ... ON CONFLICT DO UPDATE ...
+RETURNING` in the transaction that inserts the rows: writers of one thread queue on that row and
+writers of other threads do not wait at all. Concurrent writes of one store share transactions
+(group commit). Reads are `ReadTablesStore`'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any, Final
+
+from sqlalchemy import delete, event, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import StaticPool
+
+from runevents.errors import RunEventsError
+from runevents.events import (
+    DEFAULT_MAX_TRACE_CONTENT,
+    MESSAGE_CATEGORY,
+    PreparedEvent,
+    Record,
+    make_record,
+    message_id_of,
+    prepare_event,
+    prepare_events,
+    to_json,
+)
+from runevents.store import migrate
+from runevents.store.group_commit import CommitOutcomeUnknown, GroupCommitter
+from runevents.store.query import RECORD_COLUMNS, ReadTablesStore, row_to_record
+from runevents.store.schema import DICT, JSON_STR, LIST, STR, run_events, thread_counters
+
+# Longer message ids are not indexed (a btree entry has a size limit); no real message id is near it.
+MAX_INDEXED_MESSAGE_ID: Final = 512
+_c = thread_counters.c
+_e = run_events.c
+
+
+class WriteFailedError(RunEventsError):
+    """The database refused or lost a write; nothing of it was stored unless the message says otherwise."""
+
+
+def _json_text(value: Any) -> str:
+    return to_json(value).decode()
+
+
+def engine_for(url: str, *, schema: str | None = None, pool_size: int = 8) -> AsyncEngine:
+    """An async engine for a PostgreSQL or SQLite URL (`postgresql://` and `sqlite://` get async drivers)."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+asyncpg")
+    elif parsed.drivername == "sqlite":
+        parsed = parsed.set(drivername="sqlite+aiosqlite")
+    options: dict[str, Any] = {}
+    if schema is not None:
+        options["execution_options"] = {"schema_translate_map": {None: schema}}
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database in (None, "", ":memory:"):
+            # Every connection to an in-memory SQLite is a new database: share one.
+            options["poolclass"] = StaticPool
+        engine = create_async_engine(parsed, **options)
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_async_engine(parsed, pool_size=pool_size, max_overflow=pool_size, **options)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
+    # WAL lets readers go on while one writer commits; the busy timeout lets another process wait.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+def _content_column(content: Any) -> tuple[str, str]:
+    if isinstance(content, str):
+        if "\x00" in content:  # PostgreSQL text cannot hold NUL; its JSON text can
+            return _json_text(content), JSON_STR
+        return content, STR
+    return _json_text(content), DICT if isinstance(content, dict) else LIST
+
+
+def _row(record: Record) -> dict[str, Any]:
+    content, kind = _content_column(record["content"])
+    message_id = message_id_of(record["category"], record["content"])
+    if message_id is not None and (len(message_id) > MAX_INDEXED_MESSAGE_ID or "\x00" in message_id):
+        message_id = None
+    metadata = record["metadata"]
+    task_id = metadata.get("task_id")
+    caller = metadata.get("caller")
+    return {
+        "thread_id": record["thread_id"],
+        "seq": record["seq"],
+        "run_id": record["run_id"],
+        "event_id": record["event_id"],
+        "event_type": record["event_type"],
+        "category": record["category"],
+        "content": content,
+        "content_kind": kind,
+        "metadata": _json_text(metadata),
+        # Text columns cannot hold NUL; a filter on an id with NUL in it is not a use anyone has.
+        "task_id": task_id if isinstance(task_id, str) and "\x00" not in task_id else None,
+        "caller": None if caller is None else str(caller).replace("\x00", ""),
+        "created_at": datetime.fromisoformat(record["created_at"]),
+        "user_id": record["user_id"],
+        "message_id": message_id,
+    }
+
+
+class SqlRunEventStore(ReadTablesStore):
+    """A `RunEventStore` in the read tables of one PostgreSQL or SQLite database."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        schema: str | None = None,
+        max_trace_content: int | None = DEFAULT_MAX_TRACE_CONTENT,
+        pool_size: int = 8,
+        write_concurrency: int = 4,
+    ) -> None:
+        self._url = url
+        self._schema = schema
+        self._engine = engine_for(url, schema=schema, pool_size=pool_size)
+        self._max_trace_content = max_trace_content
+        self._dialect = self._engine.dialect.name
+        self._insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
+        # SQLite has one writer at a time whatever we do; more flushers would only wait on its lock.
+        concurrency = write_concurrency if self._dialect == "postgresql" else 1
+        self._writes: GroupCommitter[PreparedEvent, Record] = GroupCommitter(
+            self._flush, concurrency=concurrency
+        )
+        self._schema_checked = False
+        # SQLite takes one writer at a time; waiting here beats its busy errors between our own writers.
+        self._sqlite_writer = asyncio.Lock() if self._dialect == "sqlite" else None
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The engine the store reads and writes through."""
+        return self._engine
+
+    async def close(self) -> None:
+        """Finish submitted writes and close the connection pool."""
+        await self._writes.close()
+        await self._engine.dispose()
+
+    def _writer(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        return self._sqlite_writer if self._sqlite_writer is not None else contextlib.nullcontext()
+
+    async def _ready(self) -> None:
+        """Refuse to run on read tables older than this version needs."""
+        if self._schema_checked:
+            return
+        async with self._engine.connect() as connection:
+            await migrate.check_schema(connection, schema=self._schema)
+        self._schema_checked = True
+
+    async def put_batch(self, events: Sequence[Mapping[str, Any]]) -> list[Record]:
+        """Write many events (of any threads) in one transaction; return their records in input order."""
+        prepared = prepare_events(events, max_trace_content=self._max_trace_content)
+        if not prepared:
+            return []
+        await self._ready()
+        return await self._writes.submit(prepared)
+
+    async def _flush(self, groups: list[Sequence[PreparedEvent]]) -> list[list[Record]]:
+        flat = [event for group in groups for event in group]
+        try:
+            async with self._writer(), self._engine.connect() as connection:
+                transaction = await connection.begin()
+                try:
+                    records = await self._insert_events(connection, flat)
+                except BaseException:
+                    await transaction.rollback()
+                    raise
+                try:
+                    await transaction.commit()
+                except DBAPIError as exc:
+                    raise CommitOutcomeUnknown(
+                        f"the commit of {len(flat)} events failed ({exc.orig}); they may or may not be stored"
+                    ) from exc
+        except DBAPIError as exc:
+            raise WriteFailedError(
+                f"writing {len(flat)} events failed and was rolled back, nothing was stored: {exc.orig}"
+            ) from exc
+        results: list[list[Record]] = []
+        start = 0
+        for group in groups:
+            results.append(records[start : start + len(group)])
+            start += len(group)
+        return results
+
+    async def _reserve(self, connection: AsyncConnection, events: Sequence[PreparedEvent]) -> dict[str, int]:
+        """Advance the counters of the events' threads; return each thread's first new seq."""
+        sizes = Counter(event.thread_id for event in events)
+        messages = Counter(event.thread_id for event in events if event.category == MESSAGE_CATEGORY)
+        # One lock order for every writer (sorted thread ids), so two batches cannot deadlock.
+        rows = [
+            {"thread_id": t, "last_seq": sizes[t], "event_count": sizes[t], "message_count": messages[t]}
+            for t in sorted(sizes)
+        ]
+        statement = self._insert(thread_counters).values(rows)
+        upsert = statement.on_conflict_do_update(
+            index_elements=[_c.thread_id],
+            set_={
+                "last_seq": _c.last_seq + statement.excluded.last_seq,
+                "event_count": _c.event_count + statement.excluded.event_count,
+                "message_count": _c.message_count + statement.excluded.message_count,
+            },
+        ).returning(_c.thread_id, _c.last_seq)
+        result = await connection.execute(upsert)
+        return {thread_id: last_seq - sizes[thread_id] + 1 for thread_id, last_seq in result}
+
+    async def _insert_events(
+        self, connection: AsyncConnection, events: Sequence[PreparedEvent]
+    ) -> list[Record]:
+        next_seq = await self._reserve(connection, events)
+        records = []
+        for prepared in events:
+            records.append(make_record(prepared, next_seq[prepared.thread_id]))
+            next_seq[prepared.thread_id] += 1
+        await connection.execute(insert(run_events), [_row(record) for record in records])
+        return records
+
+    async def _lock_thread(self, connection: AsyncConnection, thread_id: str) -> int | None:
+        """Take the thread's counter row for this transaction; None if the thread has none."""
+        statement = select(_c.last_seq).where(_c.thread_id == thread_id).with_for_update()
+        return (await connection.execute(statement)).scalar()
+
+    async def _put_if_absent(self, event: Mapping[str, Any]) -> tuple[Record, bool]:
+        prepared = prepare_event(event, max_trace_content=self._max_trace_content)
+        await self._ready()
+        async with self._writer(), self._engine.begin() as connection:
+            # Creating the counter row if need be and locking it serializes this check with every
+            # writer of the thread; a plain SELECT could let two receipts in.
+            lock = self._insert(thread_counters).values(
+                thread_id=prepared.thread_id, last_seq=0, event_count=0, message_count=0
+            )
+            await connection.execute(
+                lock.on_conflict_do_update(index_elements=[_c.thread_id], set_={"last_seq": _c.last_seq})
+            )
+            existing = (
+                await connection.execute(
+                    select(*RECORD_COLUMNS)
+                    .where(
+                        _e.thread_id == prepared.thread_id,
+                        _e.run_id == prepared.run_id,
+                        _e.event_type == prepared.event_type,
+                    )
+                    .order_by(_e.seq)
+                    .limit(1)
+                )
+            ).first()
+            if existing is not None:
+                return row_to_record(existing), False
+            (record,) = await self._insert_events(connection, [prepared])
+            return record, True
+
+    async def delete_by_thread(self, thread_id: str) -> int:
+        """Delete a thread's records and reset its seq; return how many were removed."""
+        await self._ready()
+        async with self._writer(), self._engine.begin() as connection:
+            if await self._lock_thread(connection, thread_id) is None:
+                return 0
+            removed = await connection.execute(delete(run_events).where(_e.thread_id == thread_id))
+            await connection.execute(delete(thread_counters).where(_c.thread_id == thread_id))
+            return int(removed.rowcount)
+
+    async def delete_by_run(self, thread_id: str, run_id: str) -> int:
+        """Delete a run's records (the thread's seq goes on); return how many were removed."""
+        await self._ready()
+        async with self._writer(), self._engine.begin() as connection:
+            if await self._lock_thread(connection, thread_id) is None:
+                return 0
+            removed = await connection.execute(
+                delete(run_events)
+                .where(_e.thread_id == thread_id, _e.run_id == run_id)
+                .returning(_e.category)
+            )
+            categories = [category for (category,) in removed]
+            if categories:
+                messages = sum(1 for category in categories if category == MESSAGE_CATEGORY)
+                await connection.execute(
+                    thread_counters.update()
+                    .where(_c.thread_id == thread_id)
+                    .values(
+                        event_count=_c.event_count - len(categories),
+                        message_count=_c.message_count - messages,
+                    )
+                )
+            return len(categories)
