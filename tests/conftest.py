@@ -1,0 +1,58 @@
+"""Session-wide fixtures: the real PostgreSQL the tests that need one run against."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import asyncpg
+import pytest
+from sqlalchemy.engine import URL, make_url
+
+from tests.services import postgres_for_tests
+
+# Which server ran, for the summary line; set only when a test asked for PostgreSQL.
+POSTGRES_DESCRIPTION = pytest.StashKey[str]()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Iterator[str]:
+    """The base asyncpg URL of the session's PostgreSQL, started on first use and stopped at the end."""
+    url, description, stop = postgres_for_tests(tmp_path_factory.mktemp("postgres"))
+    pytestconfig.stash[POSTGRES_DESCRIPTION] = description
+    try:
+        yield url
+    finally:
+        stop()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    """Say which PostgreSQL the session ran against, outside output capture and the progress dots."""
+    description = config.stash.get(POSTGRES_DESCRIPTION, None)
+    if description is not None:
+        terminalreporter.write_line(f"runevents tests: PostgreSQL = {description}")
+
+
+@pytest.fixture
+async def pg_database(postgres_url: str) -> AsyncIterator[str]:
+    """The asyncpg URL of a fresh, empty database on the session's server, dropped after the test."""
+    server = make_url(postgres_url)
+    name = f"test_{uuid.uuid4().hex[:16]}"
+    admin = await asyncpg.connect(_libpq_dsn(server))
+    try:
+        # template0: a pristine copy, unaffected by anything a test left in template1.
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
+    finally:
+        await admin.close()
+    yield server.set(database=name).render_as_string(hide_password=False)
+    admin = await asyncpg.connect(_libpq_dsn(server))
+    try:
+        # FORCE ends the sessions a test left open (an undisposed engine) before dropping.
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+def _libpq_dsn(url: URL) -> str:
+    """`url` as a plain postgresql:// DSN that asyncpg.connect accepts."""
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)

