@@ -6,25 +6,31 @@ import asyncio
 import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, NoReturn
 
 import orjson
 import typer
+from alembic.util import CommandError
 from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 
 from runevents.errors import StoreLockedError
 from runevents.events import MIDDLEWARE_CALLER_PREFIX, Record
 from runevents.fleet import RECEIPT, FleetSummary, run_fleet
-from runevents.store import JsonlRunEventStore, RunEventStore
+from runevents.store import JsonlRunEventStore, RunEventStore, migrate
+from runevents.store.sql import engine_for
 
 app = typer.Typer(
     help="runevents: storage for the event streams of AI agent runs.",
     no_args_is_help=True,
     add_completion=False,
 )
+db_app = typer.Typer(help="The read tables' database: create and upgrade them.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
 
 PAGE: Final = 8  # messages per page in the demo (deer-flow's default is 50)
 RUN_ROWS: Final = 16  # events of the sample run shown before eliding the rest
@@ -268,3 +274,60 @@ def _print_counts(
         table.add_row(f"{len(rest)} more threads", *(str(total) for total in totals), "", verdict)
     console.print(table)
     return all(same.values())
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    url: Annotated[str, typer.Argument(help="postgresql://user:password@host/db or sqlite:///path/to.db")],
+    schema: Annotated[
+        str | None, typer.Option(help="PostgreSQL schema to keep the tables in (created if missing).")
+    ] = None,
+) -> None:
+    """Create the read tables, or upgrade them to the revision this runevents needs."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        # Not echoed: an unparseable URL may still hold a password.
+        _fail("not a database URL; expected e.g. postgresql://user@host/db or sqlite:///runevents.db")
+    shown = parsed.render_as_string(hide_password=True)
+    if parsed.get_backend_name() not in ("postgresql", "sqlite"):
+        _fail(f"the read tables live in PostgreSQL or SQLite, not {parsed.get_backend_name()} ({shown})")
+    if schema is not None:
+        if parsed.get_backend_name() != "postgresql":
+            _fail(f"--schema is for PostgreSQL only, not {shown}")
+        shown += f" (schema {schema})"
+    try:
+        before, after = asyncio.run(_db_upgrade(url, schema))
+    # ImportError: a driver named in the URL (postgresql+psycopg) that is not installed.
+    except (SQLAlchemyError, CommandError, OSError, ValueError, ImportError) as error:
+        _fail(f"cannot upgrade {shown}: {_error_line(error, parsed.password)}")
+    done = "" if before != after else " (already at head, nothing to do)"
+    typer.echo(f"{shown}: {before or 'none'} -> {after}{done}")
+
+
+async def _db_upgrade(url: str, schema: str | None) -> tuple[str | None, str | None]:
+    """Upgrade the read tables to head: the revisions (before, after)."""
+    engine = engine_for(url, schema=schema)
+    try:
+        async with engine.connect() as connection:
+            before = await migrate.current_revision(connection, schema=schema)
+        await migrate.upgrade_async(url, schema=schema)
+        async with engine.connect() as connection:
+            after = await migrate.current_revision(connection, schema=schema)
+    finally:
+        await engine.dispose()
+    return before, after
+
+
+def _error_line(error: BaseException, password: str | None) -> str:
+    """One line saying what went wrong, the driver's own words first, never the password."""
+    if isinstance(error, DBAPIError) and error.orig is not None:
+        error = error.orig
+    lines = str(error).strip().splitlines()
+    line = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+    return line.replace(password, "***") if password else line
+
+
+def _fail(message: str) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(1)

@@ -6,7 +6,7 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import asyncpg  # type: ignore[import-untyped]  # no type information shipped
+import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
@@ -30,7 +30,9 @@ def migrated_postgres_url(postgres_url: str) -> str:
     name = f"conformance_{uuid.uuid4().hex[:12]}"
 
     async def create() -> None:
-        admin = await asyncpg.connect(server.set(drivername="postgresql").render_as_string(hide_password=False))
+        admin = await asyncpg.connect(
+            server.set(drivername="postgresql").render_as_string(hide_password=False)
+        )
         try:
             await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
         finally:
