@@ -15,11 +15,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from runevents.errors import RunEventsError
+
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 
-class CommitOutcomeUnknown(Exception):
+class CommitOutcomeUnknown(RunEventsError):
     """Raised by a flush whose commit failed: the writes may or may not have been stored."""
 
 
@@ -27,6 +29,7 @@ class CommitOutcomeUnknown(Exception):
 class _Pending(Generic[Item, Result]):
     items: Sequence[Item]
     done: asyncio.Future[list[Result]]
+    taken: bool = False  # in a transaction now: its outcome is no longer the caller's to cancel
 
 
 class GroupCommitter(Generic[Item, Result]):
@@ -57,9 +60,18 @@ class GroupCommitter(Generic[Item, Result]):
         self._unsettled.add(pending.done)
         pending.done.add_done_callback(self._unsettled.discard)
         self._wakeup.set()
-        # Cancelling the caller cancels `done`: a write still waiting is then skipped; one already
-        # in a transaction is committed (or not) with it.
-        return await pending.done
+        try:
+            return await asyncio.shield(pending.done)
+        except asyncio.CancelledError:
+            if not pending.taken:
+                pending.done.cancel()  # still waiting: the flushers skip it, nothing is written
+                raise
+        # Already in a transaction: the cancel is passed on only once that has settled, so a
+        # cancelled write never lands after writes its caller made once the cancel returned.
+        while not pending.done.done():
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(pending.done)
+        raise asyncio.CancelledError
 
     def _start(self) -> None:
         self._wakeup = asyncio.Event()
@@ -81,6 +93,7 @@ class GroupCommitter(Generic[Item, Result]):
         while self._waiting and (not taken or size + len(self._waiting[0].items) <= self._max_items):
             pending = self._waiting.popleft()
             if not pending.done.done():  # a caller cancelled before its turn: nothing to write
+                pending.taken = True
                 taken.append(pending)
                 size += len(pending.items)
         return taken

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final
 
@@ -43,6 +43,10 @@ from runevents.store.schema import DICT, JSON_STR, LIST, STR, run_events, thread
 MAX_INDEXED_MESSAGE_ID: Final = 512
 _c = thread_counters.c
 _e = run_events.c
+
+
+def _reason(error: BaseException) -> str:
+    return str(error.orig if isinstance(error, DBAPIError) else error).splitlines()[0]
 
 
 class WriteFailedError(RunEventsError):
@@ -188,9 +192,9 @@ class SqlRunEventStore(ReadTablesStore):
                     raise CommitOutcomeUnknown(
                         f"the commit of {len(flat)} events failed ({exc.orig}); they may or may not be stored"
                     ) from exc
-        except DBAPIError as exc:
+        except (DBAPIError, OSError) as exc:
             raise WriteFailedError(
-                f"writing {len(flat)} events failed and was rolled back, nothing was stored: {exc.orig}"
+                f"writing {len(flat)} events failed and was rolled back, nothing was stored: {_reason(exc)}"
             ) from exc
         results: list[list[Record]] = []
         start = 0
@@ -231,6 +235,15 @@ class SqlRunEventStore(ReadTablesStore):
         await connection.execute(insert(run_events), [_row(record) for record in records])
         return records
 
+    @contextlib.asynccontextmanager
+    async def _transaction(self, what: str) -> AsyncIterator[AsyncConnection]:
+        """One write transaction; a database error becomes a `WriteFailedError` naming `what`."""
+        try:
+            async with self._writer(), self._engine.begin() as connection:
+                yield connection
+        except (DBAPIError, OSError) as exc:
+            raise WriteFailedError(f"{what} failed and was rolled back: {_reason(exc)}") from exc
+
     async def _lock_thread(self, connection: AsyncConnection, thread_id: str) -> int | None:
         """Take the thread's counter row for this transaction; None if the thread has none."""
         statement = select(_c.last_seq).where(_c.thread_id == thread_id).with_for_update()
@@ -239,7 +252,7 @@ class SqlRunEventStore(ReadTablesStore):
     async def _put_if_absent(self, event: Mapping[str, Any]) -> tuple[Record, bool]:
         prepared = prepare_event(event, max_trace_content=self._max_trace_content)
         await self._ready()
-        async with self._writer(), self._engine.begin() as connection:
+        async with self._transaction(f"put_if_absent on thread {prepared.thread_id!r}") as connection:
             # Creating the counter row if need be and locking it serializes this check with every
             # writer of the thread; a plain SELECT could let two receipts in.
             lock = self._insert(thread_counters).values(
@@ -268,7 +281,7 @@ class SqlRunEventStore(ReadTablesStore):
     async def delete_by_thread(self, thread_id: str) -> int:
         """Delete a thread's records and reset its seq; return how many were removed."""
         await self._ready()
-        async with self._writer(), self._engine.begin() as connection:
+        async with self._transaction(f"delete_by_thread({thread_id!r})") as connection:
             if await self._lock_thread(connection, thread_id) is None:
                 return 0
             removed = await connection.execute(delete(run_events).where(_e.thread_id == thread_id))
@@ -278,7 +291,7 @@ class SqlRunEventStore(ReadTablesStore):
     async def delete_by_run(self, thread_id: str, run_id: str) -> int:
         """Delete a run's records (the thread's seq goes on); return how many were removed."""
         await self._ready()
-        async with self._writer(), self._engine.begin() as connection:
+        async with self._transaction(f"delete_by_run({thread_id!r}, {run_id!r})") as connection:
             if await self._lock_thread(connection, thread_id) is None:
                 return 0
             removed = await connection.execute(
