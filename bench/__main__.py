@@ -1,8 +1,44 @@
-"""`make bench`: `python -m bench [--quick] [--fsync]` runs every benchmark in this directory."""
+"""`make bench`: `python -m bench [--quick] [--fsync] [NAME ...]` runs the benchmarks in this directory.
+
+With no names it runs all of them, jsonl_put first; `python -m bench sql_put` runs only that one.
+"""
 
 from __future__ import annotations
 
-from bench import jsonl_put
+import argparse
+from collections.abc import Callable, Sequence
+from typing import Final
+
+from bench import jsonl_put, sql_put, sql_read
+
+BENCHMARKS: Final[dict[str, Callable[[Sequence[str]], None]]] = {
+    "jsonl_put": jsonl_put.main,
+    "sql_put": sql_put.main,
+    "sql_read": sql_read.main,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Parse the command line and run the chosen benchmarks one after another."""
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "names", nargs="*", metavar="NAME", help=f"any of {', '.join(BENCHMARKS)} (default: all)"
+    )
+    parser.add_argument("--quick", action="store_true", help="smaller runs, for a smoke test")
+    parser.add_argument("--fsync", action="store_true", help="jsonl_put: durability=fsync")
+    args = parser.parse_args(argv)
+    unknown = [name for name in args.names if name not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
+    chosen = list(dict.fromkeys(args.names)) if args.names else list(BENCHMARKS)
+    for number, name in enumerate(chosen):
+        if number:
+            print()
+        options = ["--quick"] if args.quick else []
+        if name == "jsonl_put" and args.fsync:
+            options.append("--fsync")
+        BENCHMARKS[name](options)
+
 
 if __name__ == "__main__":
-    jsonl_put.main()
+    main()
