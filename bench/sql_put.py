@@ -21,7 +21,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Final
@@ -30,9 +29,9 @@ import asyncpg
 from sqlalchemy.engine import URL, make_url
 
 from runevents.devstack.postgres import LocalPostgres
-from runevents.events import Record, new_event_id, utc_iso
+from runevents.events import prepare_event
 from runevents.store import migrate
-from runevents.store.sql import SqlRunEventStore, _row
+from runevents.store.sql import ROW_COLUMNS, SqlRunEventStore, _row
 
 DATABASE_URL_ENV: Final = "RUNEVENTS_BENCH_DATABASE_URL"
 BATCH: Final = 100
@@ -172,28 +171,13 @@ def lanes_of_events(count: int, *, threads: int) -> list[list[Event]]:
     return lanes
 
 
-def baseline_record(event: Event, seq: int) -> Record:
-    """The record the store would make of `event` at `seq` (new event id, now), without validation."""
-    return {
-        "thread_id": event["thread_id"],
-        "run_id": event["run_id"],
-        "seq": seq,
-        "event_id": new_event_id(),
-        "event_type": event["event_type"],
-        "category": event["category"],
-        "content": event.get("content", ""),
-        "metadata": event.get("metadata") or {},
-        "created_at": utc_iso(datetime.now(UTC)),
-        "user_id": event.get("user_id"),
-    }
-
-
 def table_row(event: Event, seq: int) -> tuple[Any, ...]:
     """The `run_events` row the store writes for `event` at `seq`, built by the store's own `_row`."""
-    return tuple(_row(baseline_record(event, seq)).values())
+    row = _row(prepare_event(event), seq)
+    return tuple(row[name] for name in ROW_COLUMNS)
 
 
-COLUMNS: Final = tuple(_row(baseline_record(make_event("t", "r", 0), 1)))
+COLUMNS: Final = ROW_COLUMNS
 
 
 class NaiveWriter:

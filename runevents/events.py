@@ -159,6 +159,9 @@ class PreparedEvent:
     created_at: str
     user_id: str | None
     event_id: str
+    # The JSON of `content` and `metadata` as stored, kept so no backend serializes them twice.
+    content_json: bytes
+    metadata_json: bytes
 
 
 def new_event_id() -> str:
@@ -245,9 +248,12 @@ def prepare_event(
         field, problem = _first_problem(exc)
         raise InvalidEventError(field, problem, index=index) from None
     content, content_json = _json_value(event.content, "content", index)
-    metadata, _ = _json_value(event.metadata or {}, "metadata", index)
+    metadata, metadata_json = _json_value(event.metadata or {}, "metadata", index)
     if max_trace_content is not None and event.category == TRACE_CATEGORY:
-        content, metadata = truncate_trace(content, content_json, metadata, max_trace_content)
+        cut, marked = truncate_trace(content, content_json, metadata, max_trace_content)
+        if marked is not metadata:
+            content, metadata = cut, marked
+            content_json, metadata_json = to_json(content), to_json(metadata)
     created_at = event.created_at or datetime.now(UTC)
     return PreparedEvent(
         thread_id=event.thread_id,
@@ -259,6 +265,8 @@ def prepare_event(
         created_at=utc_iso(created_at),
         user_id=event.user_id,
         event_id=new_event_id(),
+        content_json=content_json,
+        metadata_json=metadata_json,
     )
 
 

@@ -26,7 +26,11 @@ from runevents.store.sql import engine_for
 
 HEAD = "0001_read_tables"
 TABLES = {"run_events", "thread_counters"}
-PARTIAL_INDEXES = {"ix_run_events_messages", "ix_run_events_thread_id_message_id"}
+PARTIAL_INDEXES = {
+    "ix_run_events_messages",
+    "ix_run_events_user_messages",
+    "ix_run_events_thread_id_message_id",
+}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from urllib.parse import parse_qs, urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit
 
 from runevents.events import DEFAULT_MAX_TRACE_CONTENT
 from runevents.store.base import RunEventStore
@@ -36,7 +36,8 @@ def open_store(url: str) -> RunEventStore:
         from runevents.store.sql import SqlRunEventStore  # SQLAlchemy loads only for the sql backend
 
         schema = options.pop("schema", None)
-        database_url = urlunsplit(parts._replace(query=""))
+        # Not urlunsplit: it folds sqlite:////abs/path (no host) into sqlite://abs/path.
+        database_url = url.split("?", 1)[0]
         store = SqlRunEventStore(
             database_url,
             schema=schema,

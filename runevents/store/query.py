@@ -10,7 +10,7 @@ from datetime import UTC
 from typing import Any, Final
 
 import orjson
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, func, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from runevents.events import (
@@ -24,6 +24,9 @@ from runevents.store.base import RunEventStore, check_names, check_page
 from runevents.store.schema import STR, run_events, thread_counters
 
 _e = run_events.c
+# A literal, not a bound parameter: a generic plan could not match the partial message indexes
+# (`WHERE category = 'message'`) against a parameter.
+IS_MESSAGE: Final = _e.category == literal_column(f"'{MESSAGE_CATEGORY}'")
 RECORD_COLUMNS: Final = (
     _e.thread_id,
     _e.run_id,
@@ -105,7 +108,7 @@ class ReadTablesStore(RunEventStore):
         check_page(limit, before_seq, after_seq)
         if limit == 0:
             return []
-        messages = select(*RECORD_COLUMNS).where(_e.thread_id == thread_id, _e.category == MESSAGE_CATEGORY)
+        messages = select(*RECORD_COLUMNS).where(_e.thread_id == thread_id, IS_MESSAGE)
         statement, newest_first = _page(_scoped(messages, user_id), limit, before_seq, after_seq)
         return await self._records(statement, newest_first)
 
@@ -123,9 +126,7 @@ class ReadTablesStore(RunEventStore):
         check_page(limit, before_seq, after_seq)
         if limit == 0:
             return []
-        messages = select(*RECORD_COLUMNS).where(
-            _e.thread_id == thread_id, _e.run_id == run_id, _e.category == MESSAGE_CATEGORY
-        )
+        messages = select(*RECORD_COLUMNS).where(_e.thread_id == thread_id, _e.run_id == run_id, IS_MESSAGE)
         statement, newest_first = _page(_scoped(messages, user_id), limit, before_seq, after_seq)
         return await self._records(statement, newest_first)
 
@@ -169,7 +170,7 @@ class ReadTablesStore(RunEventStore):
             select(_e.run_id, func.max(_e.seq)).where(
                 _e.thread_id == thread_id,
                 _e.run_id.in_(list(run_ids)),
-                _e.category == MESSAGE_CATEGORY,
+                IS_MESSAGE,
                 _e.event_type.in_(sorted(AI_RESPONSE_EVENT_TYPES)),
                 caller.not_like(f"{MIDDLEWARE_CALLER_PREFIX}%"),
             ),
@@ -201,7 +202,7 @@ class ReadTablesStore(RunEventStore):
             )
         else:
             statement = select(func.count()).where(
-                _e.thread_id == thread_id, _e.category == MESSAGE_CATEGORY, _e.user_id == user_id
+                _e.thread_id == thread_id, IS_MESSAGE, _e.user_id == user_id
             )
         rows = await self._rows(statement)
         return int(rows[0][0]) if rows else 0

@@ -87,6 +87,15 @@ class RunEvent(Base):
             postgresql_where=text("category = 'message'"),
             sqlite_where=text("category = 'message'"),
         ),
+        # A user's messages (scoped list_messages and count_messages) without reading anyone else's.
+        Index(
+            "ix_run_events_user_messages",
+            "thread_id",
+            "user_id",
+            "seq",
+            postgresql_where=text("category = 'message' AND user_id IS NOT NULL"),
+            sqlite_where=text("category = 'message' AND user_id IS NOT NULL"),
+        ),
         Index(
             "ix_run_events_thread_id_message_id",
             "thread_id",

@@ -15,7 +15,8 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final
 
-from sqlalchemy import delete, event, insert, select
+import asyncpg
+from sqlalchemy import BigInteger, String, bindparam, column, delete, event, func, insert, select, true
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
@@ -43,6 +44,10 @@ from runevents.store.schema import DICT, JSON_STR, LIST, STR, run_events, thread
 MAX_INDEXED_MESSAGE_ID: Final = 512
 _c = thread_counters.c
 _e = run_events.c
+
+
+# COPY goes to asyncpg directly, so its errors arrive unwrapped by SQLAlchemy.
+DATABASE_ERRORS: Final = (DBAPIError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 def _reason(error: BaseException) -> str:
@@ -85,39 +90,76 @@ def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
     cursor.close()
 
 
-def _content_column(content: Any) -> tuple[str, str]:
+def _content_column(event: PreparedEvent) -> tuple[str, str]:
+    content = event.content
     if isinstance(content, str):
         if "\x00" in content:  # PostgreSQL text cannot hold NUL; its JSON text can
-            return _json_text(content), JSON_STR
+            return event.content_json.decode(), JSON_STR
         return content, STR
-    return _json_text(content), DICT if isinstance(content, dict) else LIST
+    return event.content_json.decode(), DICT if isinstance(content, dict) else LIST
 
 
-def _row(record: Record) -> dict[str, Any]:
-    content, kind = _content_column(record["content"])
-    message_id = message_id_of(record["category"], record["content"])
+def _row(event: PreparedEvent, seq: int) -> dict[str, Any]:
+    """The `run_events` row of a prepared event at `seq`."""
+    content, kind = _content_column(event)
+    message_id = message_id_of(event.category, event.content)
     if message_id is not None and (len(message_id) > MAX_INDEXED_MESSAGE_ID or "\x00" in message_id):
         message_id = None
-    metadata = record["metadata"]
-    task_id = metadata.get("task_id")
-    caller = metadata.get("caller")
+    task_id = event.metadata.get("task_id")
+    caller = event.metadata.get("caller")
     return {
-        "thread_id": record["thread_id"],
-        "seq": record["seq"],
-        "run_id": record["run_id"],
-        "event_id": record["event_id"],
-        "event_type": record["event_type"],
-        "category": record["category"],
+        "thread_id": event.thread_id,
+        "seq": seq,
+        "run_id": event.run_id,
+        "event_id": event.event_id,
+        "event_type": event.event_type,
+        "category": event.category,
         "content": content,
         "content_kind": kind,
-        "metadata": _json_text(metadata),
+        "metadata": event.metadata_json.decode(),
         # Text columns cannot hold NUL; a filter on an id with NUL in it is not a use anyone has.
         "task_id": task_id if isinstance(task_id, str) and "\x00" not in task_id else None,
         "caller": None if caller is None else str(caller).replace("\x00", ""),
-        "created_at": datetime.fromisoformat(record["created_at"]),
-        "user_id": record["user_id"],
+        "created_at": datetime.fromisoformat(event.created_at),
+        "user_id": event.user_id,
         "message_id": message_id,
     }
+
+
+ROW_COLUMNS: Final = tuple(column.name for column in run_events.columns)
+
+# On PostgreSQL the counters of any number of threads advance in one statement of fixed text
+# (arrays, not a VALUES row per thread), so SQLAlchemy compiles it once, not at every flush.
+_counts = (
+    func.unnest(
+        bindparam("thread_ids", type_=postgresql.ARRAY(String)),
+        bindparam("sizes", type_=postgresql.ARRAY(BigInteger)),
+        bindparam("messages", type_=postgresql.ARRAY(BigInteger)),
+    )
+    .table_valued(column("thread_id", String), column("size", BigInteger), column("messages", BigInteger))
+    .render_derived()
+)
+
+
+def _advance_counters(statement: Any) -> Any:
+    return statement.on_conflict_do_update(
+        index_elements=[_c.thread_id],
+        set_={
+            "last_seq": _c.last_seq + statement.excluded.last_seq,
+            "event_count": _c.event_count + statement.excluded.event_count,
+            "message_count": _c.message_count + statement.excluded.message_count,
+        },
+    ).returning(_c.thread_id, _c.last_seq)
+
+
+_COUNTER_COLUMNS: Final = ["thread_id", "last_seq", "event_count", "message_count"]
+ADVANCE_COUNTERS_PG: Final = _advance_counters(
+    postgresql.insert(thread_counters).from_select(
+        _COUNTER_COLUMNS,
+        # WHERE true: without it PostgreSQL may read ON CONFLICT as the ON of a join.
+        select(_counts.c.thread_id, _counts.c.size, _counts.c.size, _counts.c.messages).where(true()),
+    )
+)
 
 
 class SqlRunEventStore(ReadTablesStore):
@@ -184,7 +226,9 @@ class SqlRunEventStore(ReadTablesStore):
                 try:
                     records = await self._insert_events(connection, flat)
                 except BaseException:
-                    await transaction.rollback()
+                    # A connection that died took its transaction with it; the first error is the one to tell.
+                    with contextlib.suppress(Exception):
+                        await transaction.rollback()
                     raise
                 try:
                     await transaction.commit()
@@ -192,7 +236,7 @@ class SqlRunEventStore(ReadTablesStore):
                     raise CommitOutcomeUnknown(
                         f"the commit of {len(flat)} events failed ({exc.orig}); they may or may not be stored"
                     ) from exc
-        except (DBAPIError, OSError) as exc:
+        except DATABASE_ERRORS as exc:
             raise WriteFailedError(
                 f"writing {len(flat)} events failed and was rolled back, nothing was stored: {_reason(exc)}"
             ) from exc
@@ -208,20 +252,20 @@ class SqlRunEventStore(ReadTablesStore):
         sizes = Counter(event.thread_id for event in events)
         messages = Counter(event.thread_id for event in events if event.category == MESSAGE_CATEGORY)
         # One lock order for every writer (sorted thread ids), so two batches cannot deadlock.
-        rows = [
-            {"thread_id": t, "last_seq": sizes[t], "event_count": sizes[t], "message_count": messages[t]}
-            for t in sorted(sizes)
-        ]
-        statement = self._insert(thread_counters).values(rows)
-        upsert = statement.on_conflict_do_update(
-            index_elements=[_c.thread_id],
-            set_={
-                "last_seq": _c.last_seq + statement.excluded.last_seq,
-                "event_count": _c.event_count + statement.excluded.event_count,
-                "message_count": _c.message_count + statement.excluded.message_count,
-            },
-        ).returning(_c.thread_id, _c.last_seq)
-        result = await connection.execute(upsert)
+        thread_ids = sorted(sizes)
+        if self._dialect == "postgresql":
+            parameters = {
+                "thread_ids": thread_ids,
+                "sizes": [sizes[t] for t in thread_ids],
+                "messages": [messages[t] for t in thread_ids],
+            }
+            result = await connection.execute(ADVANCE_COUNTERS_PG, parameters)
+        else:
+            rows = [
+                {"thread_id": t, "last_seq": sizes[t], "event_count": sizes[t], "message_count": messages[t]}
+                for t in thread_ids
+            ]
+            result = await connection.execute(_advance_counters(sqlite.insert(thread_counters).values(rows)))
         return {thread_id: last_seq - sizes[thread_id] + 1 for thread_id, last_seq in result}
 
     async def _insert_events(
@@ -229,11 +273,28 @@ class SqlRunEventStore(ReadTablesStore):
     ) -> list[Record]:
         next_seq = await self._reserve(connection, events)
         records = []
+        rows = []
         for prepared in events:
-            records.append(make_record(prepared, next_seq[prepared.thread_id]))
-            next_seq[prepared.thread_id] += 1
-        await connection.execute(insert(run_events), [_row(record) for record in records])
+            seq = next_seq[prepared.thread_id]
+            next_seq[prepared.thread_id] = seq + 1
+            records.append(make_record(prepared, seq))
+            rows.append(_row(prepared, seq))
+        if self._dialect == "postgresql":
+            await self._copy_rows(connection, rows)
+        else:
+            await connection.execute(insert(run_events), rows)
         return records
+
+    async def _copy_rows(self, connection: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+        """COPY rows into run_events inside the connection's transaction (asyncpg's binary COPY)."""
+        raw = await connection.get_raw_connection()
+        driver: Any = raw.driver_connection
+        await driver.copy_records_to_table(
+            run_events.name,
+            records=[tuple(row[name] for name in ROW_COLUMNS) for row in rows],
+            columns=ROW_COLUMNS,
+            schema_name=self._schema,
+        )
 
     @contextlib.asynccontextmanager
     async def _transaction(self, what: str) -> AsyncIterator[AsyncConnection]:
@@ -241,7 +302,7 @@ class SqlRunEventStore(ReadTablesStore):
         try:
             async with self._writer(), self._engine.begin() as connection:
                 yield connection
-        except (DBAPIError, OSError) as exc:
+        except DATABASE_ERRORS as exc:
             raise WriteFailedError(f"{what} failed and was rolled back: {_reason(exc)}") from exc
 
     async def _lock_thread(self, connection: AsyncConnection, thread_id: str) -> int | None:

@@ -55,6 +55,13 @@ def upgrade() -> None:
         sqlite_where=sa.text("category = 'message'"),
     )
     op.create_index(
+        "ix_run_events_user_messages",
+        "run_events",
+        ["thread_id", "user_id", "seq"],
+        postgresql_where=sa.text("category = 'message' AND user_id IS NOT NULL"),
+        sqlite_where=sa.text("category = 'message' AND user_id IS NOT NULL"),
+    )
+    op.create_index(
         "ix_run_events_thread_id_message_id",
         "run_events",
         ["thread_id", "message_id", "seq"],
