@@ -41,10 +41,13 @@ class GroupCommitter(Generic[Item, Result]):
         *,
         concurrency: int = 4,
         max_items: int = 2000,
+        min_share: int = 200,
     ) -> None:
         self._flush = flush
         self._concurrency = concurrency
         self._max_items = max_items
+        self._min_share = min_share
+        self._idle = 0
         self._waiting: deque[_Pending[Item, Result]] = deque()
         self._wakeup: asyncio.Event | None = None
         self._flushers: list[asyncio.Task[None]] = []
@@ -88,9 +91,14 @@ class GroupCommitter(Generic[Item, Result]):
         self._flushers = []
 
     def _take(self) -> list[_Pending[Item, Result]]:
+        # Leave idle flushers a share of a large backlog, so the database works on several
+        # transactions while this process prepares the next; small writes stay together.
+        backlog = sum(len(pending.items) for pending in self._waiting)
+        share = max(self._min_share, -(-backlog // (self._idle + 1)))
+        limit = min(self._max_items, share)
         taken: list[_Pending[Item, Result]] = []
         size = 0
-        while self._waiting and (not taken or size + len(self._waiting[0].items) <= self._max_items):
+        while self._waiting and (not taken or size + len(self._waiting[0].items) <= limit):
             pending = self._waiting.popleft()
             if not pending.done.done():  # a caller cancelled before its turn: nothing to write
                 pending.taken = True
@@ -103,7 +111,11 @@ class GroupCommitter(Generic[Item, Result]):
         while True:
             if not self._waiting:
                 self._wakeup.clear()
-                await self._wakeup.wait()
+                self._idle += 1
+                try:
+                    await self._wakeup.wait()
+                finally:
+                    self._idle -= 1
                 continue
             taken = self._take()
             if taken:
