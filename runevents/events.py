@@ -36,20 +36,6 @@ TRACE_CATEGORY: Final = "trace"
 AI_RESPONSE_EVENT_TYPES: Final = frozenset({"llm.ai.response", "ai_message"})
 MIDDLEWARE_CALLER_PREFIX: Final = "middleware:"
 
-# The order of the envelope's keys in every record a backend returns or writes.
-RECORD_FIELDS: Final = (
-    "thread_id",
-    "run_id",
-    "seq",
-    "event_id",
-    "event_type",
-    "category",
-    "content",
-    "metadata",
-    "created_at",
-    "user_id",
-)
-
 Content = str | dict[str, Any] | list[Any]
 Record = dict[str, Any]
 
