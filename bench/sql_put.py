@@ -173,8 +173,7 @@ def lanes_of_events(count: int, *, threads: int) -> list[list[Event]]:
 
 def table_row(event: Event, seq: int) -> tuple[Any, ...]:
     """The `run_events` row the store writes for `event` at `seq`, built by the store's own `_row`."""
-    row = _row(prepare_event(event), seq)
-    return tuple(row[name] for name in ROW_COLUMNS)
+    return _row(prepare_event(event), seq)
 
 
 COLUMNS: Final = ROW_COLUMNS

@@ -132,7 +132,9 @@ class RunEventRecord(BaseModel):
     user_id: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass sets each field through object.__setattr__, which is a measurable
+# share of preparing an event on the write path. Nothing mutates a PreparedEvent once made.
+@dataclass(slots=True)
 class PreparedEvent:
     """A validated, normalized event that only lacks its seq."""
 
@@ -148,6 +150,8 @@ class PreparedEvent:
     # The JSON of `content` and `metadata` as stored, kept so no backend serializes them twice.
     content_json: bytes
     metadata_json: bytes
+    # `created_at` as an aware datetime in UTC, for the backends whose column is a timestamp.
+    created: datetime
 
 
 def new_event_id() -> str:
@@ -240,7 +244,7 @@ def prepare_event(
         if marked is not metadata:
             content, metadata = cut, marked
             content_json, metadata_json = to_json(content), to_json(metadata)
-    created_at = event.created_at or datetime.now(UTC)
+    created = datetime.now(UTC) if event.created_at is None else event.created_at.astimezone(UTC)
     return PreparedEvent(
         thread_id=event.thread_id,
         run_id=event.run_id,
@@ -248,11 +252,12 @@ def prepare_event(
         category=event.category,
         content=content,
         metadata=metadata,
-        created_at=utc_iso(created_at),
+        created_at=created.isoformat(),
         user_id=event.user_id,
         event_id=new_event_id(),
         content_json=content_json,
         metadata_json=metadata_json,
+        created=created,
     )
 
 

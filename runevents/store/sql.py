@@ -10,13 +10,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping, Sequence
-from datetime import datetime
 from typing import Any, Final
 
 import asyncpg
-from sqlalchemy import BigInteger, String, bindparam, column, delete, event, func, insert, select, true
+from sqlalchemy import (
+    BigInteger,
+    MetaData,
+    String,
+    Table,
+    bindparam,
+    column,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    true,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
@@ -99,31 +112,33 @@ def _content_column(event: PreparedEvent) -> tuple[str, str]:
     return event.content_json.decode(), DICT if isinstance(content, dict) else LIST
 
 
-def _row(event: PreparedEvent, seq: int) -> dict[str, Any]:
-    """The `run_events` row of a prepared event at `seq`."""
+def _row(event: PreparedEvent, seq: int) -> tuple[Any, ...]:
+    """The `run_events` row of a prepared event at `seq`, its values in `ROW_COLUMNS` order."""
     content, kind = _content_column(event)
     message_id = message_id_of(event.category, event.content)
     if message_id is not None and (len(message_id) > MAX_INDEXED_MESSAGE_ID or "\x00" in message_id):
         message_id = None
-    task_id = event.metadata.get("task_id")
-    caller = event.metadata.get("caller")
-    return {
-        "thread_id": event.thread_id,
-        "seq": seq,
-        "run_id": event.run_id,
-        "event_id": event.event_id,
-        "event_type": event.event_type,
-        "category": event.category,
-        "content": content,
-        "content_kind": kind,
-        "metadata": event.metadata_json.decode(),
+    metadata = event.metadata
+    task_id = metadata.get("task_id")
+    caller = metadata.get("caller")
+    # A tuple, not a dict: the write path builds one for every event, and COPY takes tuples.
+    return (
+        event.thread_id,
+        seq,
+        event.run_id,
+        event.event_id,
+        event.event_type,
+        event.category,
+        content,
+        kind,
+        event.metadata_json.decode(),
         # Text columns cannot hold NUL; a filter on an id with NUL in it is not a use anyone has.
-        "task_id": task_id if isinstance(task_id, str) and "\x00" not in task_id else None,
-        "caller": None if caller is None else str(caller).replace("\x00", ""),
-        "created_at": datetime.fromisoformat(event.created_at),
-        "user_id": event.user_id,
-        "message_id": message_id,
-    }
+        task_id if isinstance(task_id, str) and "\x00" not in task_id else None,
+        None if caller is None else str(caller).replace("\x00", ""),
+        event.created,
+        event.user_id,
+        message_id,
+    )
 
 
 ROW_COLUMNS: Final = tuple(column.name for column in run_events.columns)
@@ -141,25 +156,56 @@ _counts = (
 )
 
 
-def _advance_counters(statement: Any) -> Any:
+def _advance_counters(statement: Any, table: Table) -> Any:
     return statement.on_conflict_do_update(
-        index_elements=[_c.thread_id],
+        index_elements=[table.c.thread_id],
         set_={
-            "last_seq": _c.last_seq + statement.excluded.last_seq,
-            "event_count": _c.event_count + statement.excluded.event_count,
-            "message_count": _c.message_count + statement.excluded.message_count,
+            "last_seq": table.c.last_seq + statement.excluded.last_seq,
+            "event_count": table.c.event_count + statement.excluded.event_count,
+            "message_count": table.c.message_count + statement.excluded.message_count,
         },
-    ).returning(_c.thread_id, _c.last_seq)
+    ).returning(table.c.thread_id, table.c.last_seq)
 
 
 _COUNTER_COLUMNS: Final = ["thread_id", "last_seq", "event_count", "message_count"]
-ADVANCE_COUNTERS_PG: Final = _advance_counters(
-    postgresql.insert(thread_counters).from_select(
-        _COUNTER_COLUMNS,
-        # WHERE true: without it PostgreSQL may read ON CONFLICT as the ON of a join.
-        select(_counts.c.thread_id, _counts.c.size, _counts.c.size, _counts.c.messages).where(true()),
+
+
+@functools.cache
+def advance_counters_sql(schema: str | None) -> str:
+    """The PostgreSQL text advancing threads' counters: arrays $1 of ids, $2 of sizes, $3 of messages."""
+    # The write path runs it on a raw asyncpg connection, so the schema is rendered in, not mapped.
+    table = thread_counters if schema is None else thread_counters.to_metadata(MetaData(), schema=schema)
+    statement = _advance_counters(
+        postgresql.insert(table).from_select(
+            _COUNTER_COLUMNS,
+            # WHERE true: without it PostgreSQL may read ON CONFLICT as the ON of a join.
+            select(_counts.c.thread_id, _counts.c.size, _counts.c.size, _counts.c.messages).where(true()),
+        ),
+        table,
     )
-)
+    return str(statement.compile(dialect=postgresql.asyncpg.dialect()))  # type: ignore[no-untyped-call]
+
+
+def _thread_counts(events: Sequence[PreparedEvent]) -> tuple[list[str], Counter[str], Counter[str]]:
+    """The events' thread ids in lock order, and per thread its number of events and of messages."""
+    sizes = Counter(event.thread_id for event in events)
+    messages = Counter(event.thread_id for event in events if event.category == MESSAGE_CATEGORY)
+    # One lock order for every writer (sorted thread ids), so two batches cannot deadlock.
+    return sorted(sizes), sizes, messages
+
+
+def _number(
+    events: Sequence[PreparedEvent], next_seq: dict[str, int]
+) -> tuple[list[Record], list[tuple[Any, ...]]]:
+    """The records and rows of `events`, numbered on from each thread's first reserved seq."""
+    records = []
+    rows = []
+    for prepared in events:
+        seq = next_seq[prepared.thread_id]
+        next_seq[prepared.thread_id] = seq + 1
+        records.append(make_record(prepared, seq))
+        rows.append(_row(prepared, seq))
+    return records, rows
 
 
 class SqlRunEventStore(ReadTablesStore):
@@ -182,9 +228,13 @@ class SqlRunEventStore(ReadTablesStore):
         self._insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
         # SQLite has one writer at a time whatever we do; more flushers would only wait on its lock.
         concurrency = write_concurrency if self._dialect == "postgresql" else 1
+        self._write_concurrency = concurrency
         self._writes: GroupCommitter[PreparedEvent, Record] = GroupCommitter(
             self._flush, concurrency=concurrency
         )
+        self._write_pool: asyncpg.Pool | None = None
+        self._write_pool_lock = asyncio.Lock()
+        self._advance_counters = advance_counters_sql(schema)
         self._schema_checked = False
         # SQLite takes one writer at a time; waiting here beats its busy errors between our own writers.
         self._sqlite_writer = asyncio.Lock() if self._dialect == "sqlite" else None
@@ -197,6 +247,8 @@ class SqlRunEventStore(ReadTablesStore):
     async def close(self) -> None:
         """Finish submitted writes and close the connection pool."""
         await self._writes.close()
+        if self._write_pool is not None:
+            await self._write_pool.close()
         await self._engine.dispose()
 
     def _writer(self) -> contextlib.AbstractAsyncContextManager[Any]:
@@ -221,21 +273,10 @@ class SqlRunEventStore(ReadTablesStore):
     async def _flush(self, groups: list[Sequence[PreparedEvent]]) -> list[list[Record]]:
         flat = [event for group in groups for event in group]
         try:
-            async with self._writer(), self._engine.connect() as connection:
-                transaction = await connection.begin()
-                try:
-                    records = await self._insert_events(connection, flat)
-                except BaseException:
-                    # A connection that died took its transaction with it; the first error is the one to tell.
-                    with contextlib.suppress(Exception):
-                        await transaction.rollback()
-                    raise
-                try:
-                    await transaction.commit()
-                except DBAPIError as exc:
-                    raise CommitOutcomeUnknown(
-                        f"the commit of {len(flat)} events failed ({exc.orig}); they may or may not be stored"
-                    ) from exc
+            if self._dialect == "postgresql":
+                records = await self._flush_postgresql(flat)
+            else:
+                records = await self._flush_sqlite(flat)
         except DATABASE_ERRORS as exc:
             raise WriteFailedError(
                 f"writing {len(flat)} events failed and was rolled back, nothing was stored: {_reason(exc)}"
@@ -247,53 +288,99 @@ class SqlRunEventStore(ReadTablesStore):
             start += len(group)
         return results
 
-    async def _reserve(self, connection: AsyncConnection, events: Sequence[PreparedEvent]) -> dict[str, int]:
-        """Advance the counters of the events' threads; return each thread's first new seq."""
-        sizes = Counter(event.thread_id for event in events)
-        messages = Counter(event.thread_id for event in events if event.category == MESSAGE_CATEGORY)
-        # One lock order for every writer (sorted thread ids), so two batches cannot deadlock.
-        thread_ids = sorted(sizes)
-        if self._dialect == "postgresql":
-            parameters = {
-                "thread_ids": thread_ids,
-                "sizes": [sizes[t] for t in thread_ids],
-                "messages": [messages[t] for t in thread_ids],
-            }
-            result = await connection.execute(ADVANCE_COUNTERS_PG, parameters)
-        else:
-            rows = [
-                {"thread_id": t, "last_seq": sizes[t], "event_count": sizes[t], "message_count": messages[t]}
-                for t in thread_ids
-            ]
-            result = await connection.execute(_advance_counters(sqlite.insert(thread_counters).values(rows)))
-        return {thread_id: last_seq - sizes[thread_id] + 1 for thread_id, last_seq in result}
+    async def _writer_pool(self) -> asyncpg.Pool:
+        """The asyncpg pool of the PostgreSQL write path, opened on first use."""
+        async with self._write_pool_lock:
+            if self._write_pool is None:
+                dsn = self._engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+                self._write_pool = await asyncpg.create_pool(
+                    dsn, min_size=0, max_size=self._write_concurrency
+                )
+        return self._write_pool
+
+    async def _flush_postgresql(self, events: Sequence[PreparedEvent]) -> list[Record]:
+        # Straight on asyncpg: a flush is a handful of round trips, and SQLAlchemy's per-call
+        # work (checkout, greenlet hop, result wrapping) cost more than the database's.
+        pool = await self._writer_pool()
+        async with pool.acquire() as connection:
+            transaction = connection.transaction()
+            await transaction.start()
+            try:
+                records = await self._insert_events_postgresql(connection, events)
+            except BaseException:
+                # A connection that died took its transaction with it; the first error is the one to tell.
+                with contextlib.suppress(Exception):
+                    await transaction.rollback()
+                raise
+            try:
+                await transaction.commit()
+            except DATABASE_ERRORS as exc:
+                raise CommitOutcomeUnknown(
+                    f"the commit of {len(events)} events failed ({_reason(exc)}); "
+                    "they may or may not be stored"
+                ) from exc
+        return records
+
+    async def _flush_sqlite(self, events: Sequence[PreparedEvent]) -> list[Record]:
+        async with self._writer(), self._engine.connect() as connection:
+            transaction = await connection.begin()
+            try:
+                records = await self._insert_events(connection, events)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await transaction.rollback()
+                raise
+            try:
+                await transaction.commit()
+            except DBAPIError as exc:
+                raise CommitOutcomeUnknown(
+                    f"the commit of {len(events)} events failed ({exc.orig}); they may or may not be stored"
+                ) from exc
+        return records
 
     async def _insert_events(
         self, connection: AsyncConnection, events: Sequence[PreparedEvent]
     ) -> list[Record]:
-        next_seq = await self._reserve(connection, events)
-        records = []
-        rows = []
-        for prepared in events:
-            seq = next_seq[prepared.thread_id]
-            next_seq[prepared.thread_id] = seq + 1
-            records.append(make_record(prepared, seq))
-            rows.append(_row(prepared, seq))
+        """Reserve seqs for `events` and insert their rows in the connection's transaction."""
         if self._dialect == "postgresql":
-            await self._copy_rows(connection, rows)
-        else:
-            await connection.execute(insert(run_events), rows)
+            raw = await connection.get_raw_connection()
+            return await self._insert_events_postgresql(raw.driver_connection, events)
+        thread_ids, sizes, messages = _thread_counts(events)
+        counters = [
+            {"thread_id": t, "last_seq": sizes[t], "event_count": sizes[t], "message_count": messages[t]}
+            for t in thread_ids
+        ]
+        reserved = await connection.execute(
+            _advance_counters(sqlite.insert(thread_counters).values(counters), thread_counters)
+        )
+        records, rows = _number(
+            events, {thread_id: last_seq - sizes[thread_id] + 1 for thread_id, last_seq in reserved}
+        )
+        await connection.execute(
+            insert(run_events), [dict(zip(ROW_COLUMNS, row, strict=True)) for row in rows]
+        )
         return records
 
-    async def _copy_rows(self, connection: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    async def _insert_events_postgresql(
+        self, connection: asyncpg.Connection, events: Sequence[PreparedEvent]
+    ) -> list[Record]:
+        thread_ids, sizes, messages = _thread_counts(events)
+        reserved = await connection.fetch(
+            self._advance_counters,
+            thread_ids,
+            [sizes[t] for t in thread_ids],
+            [messages[t] for t in thread_ids],
+        )
+        records, rows = _number(
+            events, {thread_id: last_seq - sizes[thread_id] + 1 for thread_id, last_seq in reserved}
+        )
+        await self._copy_rows(connection, rows)
+        return records
+
+    async def _copy_rows(self, connection: asyncpg.Connection, rows: list[tuple[Any, ...]]) -> None:
         """COPY rows into run_events inside the connection's transaction (asyncpg's binary COPY)."""
-        raw = await connection.get_raw_connection()
-        driver: Any = raw.driver_connection
-        await driver.copy_records_to_table(
-            run_events.name,
-            records=[tuple(row[name] for name in ROW_COLUMNS) for row in rows],
-            columns=ROW_COLUMNS,
-            schema_name=self._schema,
+        await connection.copy_records_to_table(
+            run_events.name, records=rows, columns=ROW_COLUMNS, schema_name=self._schema
         )
 
     @contextlib.asynccontextmanager

@@ -124,7 +124,7 @@ def insert_counter(store: SqlRunEventStore) -> list[int]:
     inserts: list[int] = []
     copy_rows = store._copy_rows
 
-    async def counting(connection: Any, rows: list[dict[str, Any]]) -> None:
+    async def counting(connection: Any, rows: list[tuple[Any, ...]]) -> None:
         inserts.append(len(rows))
         await copy_rows(connection, rows)
 

@@ -117,12 +117,13 @@ async def test_a_connection_killed_mid_batch_rolls_the_whole_batch_back(migrated
 
 def _poison_rows(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make the rows of events of run "poison" break the content_kind CHECK at the database."""
-    original: Callable[[Any, int], dict[str, Any]] = sql._row
+    original: Callable[[Any, int], tuple[Any, ...]] = sql._row
+    kind = sql.ROW_COLUMNS.index("content_kind")
 
-    def poisoned(event: Any, seq: int) -> dict[str, Any]:
+    def poisoned(event: Any, seq: int) -> tuple[Any, ...]:
         row = original(event, seq)
         if event.run_id == "poison":
-            row["content_kind"] = "bad"
+            row = (*row[:kind], "bad", *row[kind + 1 :])
         return row
 
     monkeypatch.setattr(sql, "_row", poisoned)

@@ -15,10 +15,10 @@ import pytest
 from sqlalchemy import event
 
 from runevents.errors import SchemaOutdatedError
-from runevents.events import DEFAULT_MAX_TRACE_CONTENT
+from runevents.events import DEFAULT_MAX_TRACE_CONTENT, prepare_event
 from runevents.store import open_store
 from runevents.store.migrate import upgrade_async
-from runevents.store.sql import SqlRunEventStore
+from runevents.store.sql import ROW_COLUMNS, SqlRunEventStore, _row
 from tests.sql.support import (
     BATCH_SIZE,
     BATCHES_PER_WRITER,
@@ -322,3 +322,26 @@ async def test_counters_equal_the_rows_after_writes_and_deletes(migrated_url):
             assert "run_events" not in statements[0]
         assert await store.count_messages("t1", user_id="u1") == 3
         assert await store.count_messages("never-written", user_id="u1") == 0
+
+
+def test_a_row_holds_each_value_in_its_column():
+    prepared = prepare_event(
+        make_event("t1", "r1", 3, metadata={"task_id": "task-9", "caller": "lead_agent"}, user_id="u1")
+    )
+    row = dict(zip(ROW_COLUMNS, _row(prepared, 7), strict=True))
+    assert row == {
+        "thread_id": "t1",
+        "seq": 7,
+        "run_id": "r1",
+        "event_id": prepared.event_id,
+        "event_type": prepared.event_type,
+        "category": prepared.category,
+        "content": prepared.content_json.decode(),
+        "content_kind": "dict",
+        "metadata": prepared.metadata_json.decode(),
+        "task_id": "task-9",
+        "caller": "lead_agent",
+        "created_at": prepared.created,
+        "user_id": "u1",
+        "message_id": prepared.content["id"],
+    }
