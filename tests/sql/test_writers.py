@@ -343,5 +343,5 @@ def test_a_row_holds_each_value_in_its_column():
         "caller": "lead_agent",
         "created_at": prepared.created,
         "user_id": "u1",
-        "message_id": prepared.content["id"],
+        "message_id": "m-t1-r1-3",
     }
