@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Literal
 
 import orjson
 import uuid_utils
@@ -21,6 +21,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    TypeAdapter,
     ValidationError,
 )
 
@@ -316,3 +317,118 @@ def is_visible_ai_message(event_type: str, category: str, metadata: Mapping[str,
         return False
     caller = metadata.get("caller")
     return not str(caller if caller is not None else "").startswith(MIDDLEWARE_CALLER_PREFIX)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The envelope on the topic (the bus backend): one JSON document a record, one event or op a record.
+
+ENVELOPE_VERSION: Final = 1
+SCHEMA_HEADER: Final = "runevents-schema"
+EVENT_TYPE_HEADER: Final = "runevents-event-type"
+OP_HEADER: Final = "runevents-op"
+
+UUID_PATTERN: Final = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+
+PUT: Final = "put"
+PUT_IF_ABSENT: Final = "put_if_absent"
+DELETE_THREAD: Final = "delete_thread"
+DELETE_RUN: Final = "delete_run"
+
+
+class _EnvelopeBase(BaseModel):
+    # Unknown fields are ignored: within a version the schema only grows, so an old consumer must
+    # read what a newer producer wrote.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    v: Literal[1] = Field(description="Envelope version; additive changes only within a version.")
+    event_id: str = Field(
+        description="Producer-assigned UUIDv7: unique, time-ordered; duplicates are skipped."
+    )
+    thread_id: Id
+
+
+class PutEnvelope(_EnvelopeBase):
+    """A `put` (or `put_if_absent`) of one event: the event's fields, without its seq."""
+
+    op: Literal["put", "put_if_absent"]
+    run_id: Id
+    event_type: EventType
+    category: Category
+    content: str | dict[str, Any] | list[Any] = Field(
+        description="A string, or structured content (an OpenAI-format message is a dict)."
+    )
+    metadata: dict[str, Any]
+    created_at: Annotated[datetime, AfterValidator(_require_aware)] = Field(
+        description="ISO-8601 with an offset."
+    )
+    user_id: Id | None = None
+
+
+class DeleteThreadEnvelope(_EnvelopeBase):
+    """`delete_by_thread`: every event of the thread goes, and its seq starts again at 1."""
+
+    op: Literal["delete_thread"]
+
+
+class DeleteRunEnvelope(_EnvelopeBase):
+    """`delete_by_run`: every event of one run of the thread goes; the thread's seq goes on."""
+
+    op: Literal["delete_run"]
+    run_id: Id
+
+
+Envelope = Annotated[PutEnvelope | DeleteThreadEnvelope | DeleteRunEnvelope, Field(discriminator="op")]
+ENVELOPE: Final[TypeAdapter[PutEnvelope | DeleteThreadEnvelope | DeleteRunEnvelope]] = TypeAdapter(Envelope)
+
+
+def envelope_json_schema() -> dict[str, Any]:
+    """The JSON Schema of a topic record's value (version 1), as published for analytics consumers."""
+    schema = ENVELOPE.json_schema()
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://runevents.dev/schema/run-event.v1.json",
+        "title": "runevents topic record, version 1",
+        "description": (
+            "The value of one record of the run-events topic. Key: the thread id in UTF-8. Headers: "
+            f"{SCHEMA_HEADER} (the version), {OP_HEADER}, and {EVENT_TYPE_HEADER} for puts."
+        ),
+        **schema,
+    }
+
+
+def encode_put(event: PreparedEvent, op: str = PUT) -> bytes:
+    """The topic record value of a put (or put_if_absent) of a prepared event."""
+    # The content and metadata were serialized while preparing; Fragment splices them in as they are.
+    return orjson.dumps(
+        {
+            "v": ENVELOPE_VERSION,
+            "op": op,
+            "event_id": event.event_id,
+            "thread_id": event.thread_id,
+            "run_id": event.run_id,
+            "event_type": event.event_type,
+            "category": event.category,
+            "content": orjson.Fragment(event.content_json),
+            "metadata": orjson.Fragment(event.metadata_json),
+            "created_at": event.created_at,
+            "user_id": event.user_id,
+        }
+    )
+
+
+def encode_delete(event_id: str, thread_id: str, run_id: str | None = None) -> bytes:
+    """The topic record value of a delete of a thread (or, with `run_id`, of one run)."""
+    document: dict[str, Any] = {"v": ENVELOPE_VERSION, "event_id": event_id, "thread_id": thread_id}
+    if run_id is None:
+        document["op"] = DELETE_THREAD
+    else:
+        document |= {"op": DELETE_RUN, "run_id": run_id}
+    return orjson.dumps(document)
+
+
+def headers_of(op: str, event_type: str | None = None) -> list[tuple[str, bytes]]:
+    """The record headers: schema version, op and, for puts, the event type."""
+    headers = [(SCHEMA_HEADER, b"1"), (OP_HEADER, op.encode())]
+    if event_type is not None:
+        headers.append((EVENT_TYPE_HEADER, event_type.encode()))
+    return headers

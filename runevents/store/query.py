@@ -5,6 +5,7 @@ The sql backend and the bus backend (whose projector writes the same tables) bot
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Collection
 from datetime import UTC
 from typing import Any, Final
@@ -20,6 +21,7 @@ from runevents.events import (
     Record,
     utc_iso,
 )
+from runevents.store import migrate
 from runevents.store.base import RunEventStore, check_names, check_page
 from runevents.store.schema import STR, run_events, thread_counters
 
@@ -80,9 +82,23 @@ class ReadTablesStore(RunEventStore):
     """A store whose reads come from the read tables behind `self._engine`; subclasses write them."""
 
     _engine: AsyncEngine
+    _schema: str | None
+    _schema_checked: bool = False
+    # Created lazily: the first callers of a fresh store arrive together, and one check is enough.
+    _schema_lock: asyncio.Lock | None = None
 
     async def _ready(self) -> None:
-        """Check whatever must hold before the tables are read (the schema revision)."""
+        """Refuse to run on read tables older than this version needs (checked once per store)."""
+        if self._schema_checked:
+            return
+        if self._schema_lock is None:
+            self._schema_lock = asyncio.Lock()
+        async with self._schema_lock:
+            if self._schema_checked:
+                return
+            async with self._engine.connect() as connection:
+                await migrate.check_schema(connection, schema=self._schema)
+            self._schema_checked = True
 
     async def _rows(self, statement: Select[Any]) -> list[Any]:
         await self._ready()

@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
+from runevents.store import writes
 from runevents.store.migrate import upgrade_async
 from runevents.store.sql import SqlRunEventStore
 
@@ -119,14 +120,14 @@ async def thread_state(store: SqlRunEventStore) -> dict[str, dict[str, Any]]:
     return dict(state)
 
 
-def insert_counter(store: SqlRunEventStore) -> list[int]:
+def insert_counter(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Count the writes of rows into run_events (COPYs on PostgreSQL): one entry a write, its row count."""
     inserts: list[int] = []
-    copy_rows = store._copy_rows
+    copy_rows = writes.copy_rows
 
-    async def counting(connection: Any, rows: list[tuple[Any, ...]]) -> None:
+    async def counting(connection: Any, rows: list[tuple[Any, ...]], schema: str | None) -> None:
         inserts.append(len(rows))
-        await copy_rows(connection, rows)
+        await copy_rows(connection, rows, schema)
 
-    store._copy_rows = counting  # type: ignore[method-assign]
+    monkeypatch.setattr(writes, "copy_rows", counting)
     return inserts

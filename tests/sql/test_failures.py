@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from runevents.errors import RunEventsError
-from runevents.store import sql
+from runevents.store import writes
 from runevents.store.group_commit import CommitOutcomeUnknown, GroupCommitter
 from runevents.store.sql import WriteFailedError
 from tests.sql.support import (
@@ -117,8 +117,8 @@ async def test_a_connection_killed_mid_batch_rolls_the_whole_batch_back(migrated
 
 def _poison_rows(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make the rows of events of run "poison" break the content_kind CHECK at the database."""
-    original: Callable[[Any, int], tuple[Any, ...]] = sql._row
-    kind = sql.ROW_COLUMNS.index("content_kind")
+    original: Callable[[Any, int], tuple[Any, ...]] = writes.event_row
+    kind = writes.ROW_COLUMNS.index("content_kind")
 
     def poisoned(event: Any, seq: int) -> tuple[Any, ...]:
         row = original(event, seq)
@@ -126,7 +126,7 @@ def _poison_rows(monkeypatch: pytest.MonkeyPatch) -> None:
             row = (*row[:kind], "bad", *row[kind + 1 :])
         return row
 
-    monkeypatch.setattr(sql, "_row", poisoned)
+    monkeypatch.setattr(writes, "event_row", poisoned)
 
 
 @pytest.mark.parametrize("call", ["put", "put_batch"])
@@ -151,7 +151,7 @@ async def test_one_failing_write_of_a_group_commit_fails_alone(migrated_pg, monk
 
     async with sql_store(migrated_pg) as store:
         await store.put(**make_event("t1", "warm-up", 0))  # schema checked, flushers running
-        inserts = insert_counter(store)
+        inserts = insert_counter(monkeypatch)
         batches = [batch(i) for i in range(10)]
         results = await asyncio.gather(*(write(events) for events in batches), return_exceptions=True)
 
@@ -198,10 +198,10 @@ async def test_one_failing_write_of_a_group_commit_fails_alone(migrated_pg, monk
 # 5. Group commit coalesces; a cancelled write still waiting is not written
 
 
-async def test_two_hundred_concurrent_puts_share_a_few_transactions(migrated_pg):
+async def test_two_hundred_concurrent_puts_share_a_few_transactions(migrated_pg, monkeypatch):
     async with sql_store(migrated_pg) as store:
         assert await store.count_messages("t1") == 0  # the schema check, before counting statements
-        inserts = insert_counter(store)
+        inserts = insert_counter(monkeypatch)
         records = await asyncio.gather(*(store.put(**make_event("t1", "r1", i)) for i in range(200)))
 
     assert len(inserts) < 100, inserts

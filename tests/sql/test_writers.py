@@ -18,7 +18,8 @@ from runevents.errors import SchemaOutdatedError
 from runevents.events import DEFAULT_MAX_TRACE_CONTENT, prepare_event
 from runevents.store import open_store
 from runevents.store.migrate import upgrade_async
-from runevents.store.sql import ROW_COLUMNS, SqlRunEventStore, _row
+from runevents.store.sql import SqlRunEventStore
+from runevents.store.writes import ROW_COLUMNS, event_row
 from tests.sql.support import (
     BATCH_SIZE,
     BATCHES_PER_WRITER,
@@ -328,7 +329,7 @@ def test_a_row_holds_each_value_in_its_column():
     prepared = prepare_event(
         make_event("t1", "r1", 3, metadata={"task_id": "task-9", "caller": "lead_agent"}, user_id="u1")
     )
-    row = dict(zip(ROW_COLUMNS, _row(prepared, 7), strict=True))
+    row = dict(zip(ROW_COLUMNS, event_row(prepared, 7), strict=True))
     assert row == {
         "thread_id": "t1",
         "seq": 7,
