@@ -1,4 +1,4 @@
-"""Session-wide fixtures: the real PostgreSQL the tests that need one run against."""
+"""Session-wide fixtures: the real PostgreSQL and Kafka broker the tests that need one run against."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import URL, make_url
 
-from tests.services import postgres_for_tests
+from tests.services import kafka_for_tests, postgres_for_tests
 
 # Which server ran, for the summary line; set only when a test asked for PostgreSQL.
 POSTGRES_DESCRIPTION = pytest.StashKey[str]()
+# Which broker ran, for the summary line; set only when a test asked for Kafka.
+KAFKA_DESCRIPTION = pytest.StashKey[str]()
 
 
 @pytest.fixture(scope="session")
@@ -26,11 +28,23 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.
         stop()
 
 
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Iterator[str]:
+    """The bootstrap servers of the session's Kafka broker, started on first use and stopped at the end."""
+    bootstrap, description, stop = kafka_for_tests(tmp_path_factory.mktemp("kafka"))
+    pytestconfig.stash[KAFKA_DESCRIPTION] = description
+    try:
+        yield bootstrap
+    finally:
+        stop()
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
-    """Say which PostgreSQL the session ran against, outside output capture and the progress dots."""
-    description = config.stash.get(POSTGRES_DESCRIPTION, None)
-    if description is not None:
-        terminalreporter.write_line(f"runevents tests: PostgreSQL = {description}")
+    """Say which PostgreSQL and broker the session ran against, outside output capture and progress dots."""
+    for service, key in (("PostgreSQL", POSTGRES_DESCRIPTION), ("Kafka", KAFKA_DESCRIPTION)):
+        description = config.stash.get(key, None)
+        if description is not None:
+            terminalreporter.write_line(f"runevents tests: {service} = {description}")
 
 
 @pytest.fixture

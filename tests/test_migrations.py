@@ -24,8 +24,8 @@ from runevents.store import migrate
 from runevents.store.schema import Base, thread_counters
 from runevents.store.sql import engine_for
 
-HEAD = "0001_read_tables"
-TABLES = {"run_events", "thread_counters"}
+HEAD = "0002_projection_tables"
+TABLES = {"run_events", "thread_counters", "projection_offsets", "op_results", "dead_letters"}
 PARTIAL_INDEXES = {
     "ix_run_events_messages",
     "ix_run_events_user_messages",
@@ -155,6 +155,24 @@ async def test_upgrade_twice_is_a_no_op(database_url):
     async with connect(database_url) as connection:
         assert (await connection.execute(select(thread_counters.c.last_seq))).scalars().all() == [3]
         assert await migrate.current_revision(connection) == HEAD
+    assert await differences(database_url) == []
+
+
+async def test_upgrade_from_the_first_revision_keeps_the_rows_and_refuses_until_done(database_url):
+    await migrate.upgrade_async(database_url, revision="0001_read_tables")
+    async with connect(database_url) as connection:
+        row = {"thread_id": "t1", "last_seq": 7, "event_count": 7, "message_count": 2}
+        await connection.execute(insert(thread_counters).values(row))
+        await connection.commit()
+        with pytest.raises(SchemaOutdatedError, match=f"at revision 0001_read_tables.*needs {HEAD}"):
+            await migrate.check_schema(connection)
+
+    await migrate.upgrade_async(database_url)
+
+    async with connect(database_url) as connection:
+        await migrate.check_schema(connection)
+        assert (await connection.execute(select(thread_counters.c.last_seq))).scalars().all() == [7]
+    assert await tables(database_url) == TABLES | {"alembic_version"}
     assert await differences(database_url) == []
 
 

@@ -49,9 +49,9 @@ def upgrade(url: str, *, schema: str | None = None, revision: str = "head") -> N
     command.upgrade(alembic_config(url, schema=schema), revision)
 
 
-async def upgrade_async(url: str, *, schema: str | None = None) -> None:
-    """Upgrade the read tables at `url` to head from async code, in a worker thread."""
-    await asyncio.to_thread(upgrade, url, schema=schema)
+async def upgrade_async(url: str, *, schema: str | None = None, revision: str = "head") -> None:
+    """Upgrade the read tables at `url` (to head, or to `revision`) from async code, in a worker thread."""
+    await asyncio.to_thread(upgrade, url, schema=schema, revision=revision)
 
 
 @cache

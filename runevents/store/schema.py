@@ -11,9 +11,13 @@ from typing import Final, cast
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
+    Identity,
     Index,
+    Integer,
+    LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
     String,
@@ -118,5 +122,60 @@ class ThreadCounter(Base):
     message_count: Mapped[int] = mapped_column(BigInteger)
 
 
+class ProjectionOffset(Base):
+    """Where a projection stands in one partition: the next offset to apply, moved with the rows."""
+
+    __tablename__ = "projection_offsets"
+
+    projection: Mapped[str] = mapped_column(String(MAX_ID_LENGTH), primary_key=True)
+    # 249 characters: Kafka's limit on a topic name.
+    topic: Mapped[str] = mapped_column(String(249), primary_key=True)
+    partition: Mapped[int] = mapped_column(Integer, primary_key=True)
+    next_offset: Mapped[int] = mapped_column(BigInteger)
+
+
+class OpResult(Base):
+    """The outcome of a delete or put_if_absent op, kept for the writer waiting on it."""
+
+    __tablename__ = "op_results"
+
+    thread_id: Mapped[str] = mapped_column(String(MAX_ID_LENGTH), primary_key=True)
+    event_id: Mapped[str] = mapped_column(Uuid(as_uuid=False), primary_key=True)
+    op: Mapped[str] = mapped_column(String(16))
+    # Deletes: how many events went. put_if_absent: the seq of the record found or created.
+    removed: Mapped[int | None] = mapped_column(BigInteger)
+    seq: Mapped[int | None] = mapped_column(BigInteger)
+    created: Mapped[bool | None] = mapped_column(Boolean)
+    applied_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class DeadLetter(Base):
+    """A topic record the projector could not apply, kept with the reason; the partition moved on."""
+
+    __tablename__ = "dead_letters"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    projection: Mapped[str] = mapped_column(String(MAX_ID_LENGTH))
+    topic: Mapped[str] = mapped_column(String(249))
+    partition: Mapped[int] = mapped_column(Integer)
+    offset: Mapped[int] = mapped_column(BigInteger)
+    key: Mapped[bytes | None] = mapped_column(LargeBinary)
+    value: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # The record's headers as a JSON list of [name, value] with values as text (invalid UTF-8 replaced).
+    headers: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text)
+    # open, retried or dropped: what the operator did about it.
+    status: Mapped[str] = mapped_column(String(16), server_default="open")
+    dead_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        # A partition replayed into the same projection does not add its dead letters twice.
+        UniqueConstraint("projection", "topic", "partition", "offset"),
+    )
+
+
 run_events = cast(Table, RunEvent.__table__)
 thread_counters = cast(Table, ThreadCounter.__table__)
+projection_offsets = cast(Table, ProjectionOffset.__table__)
+op_results = cast(Table, OpResult.__table__)
+dead_letters = cast(Table, DeadLetter.__table__)
