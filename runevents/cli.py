@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Annotated, Any, Final, NoReturn
 
 import orjson
 import typer
+from aiokafka.errors import KafkaError
 from alembic.util import CommandError
 from rich import box
 from rich.console import Console
@@ -18,11 +20,14 @@ from rich.text import Text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 
-from runevents.errors import StoreLockedError
+from runevents.consumer import Projector
+from runevents.consumer.projector import DEFAULT_PROJECTION
+from runevents.errors import RunEventsError, StoreLockedError
 from runevents.events import MIDDLEWARE_CALLER_PREFIX, Record
 from runevents.fleet import RECEIPT, FleetSummary, run_fleet
 from runevents.store import JsonlRunEventStore, RunEventStore, migrate
 from runevents.store.sql import engine_for
+from runevents.topic import DEFAULT_TOPIC
 
 app = typer.Typer(
     help="runevents: storage for the event streams of AI agent runs.",
@@ -319,6 +324,71 @@ async def _db_upgrade(url: str, schema: str | None) -> tuple[str | None, str | N
     return before, after
 
 
+@app.command()
+def project(
+    database_url: Annotated[
+        str,
+        typer.Option(
+            "--database", envvar="RUNEVENTS_DATABASE_URL", help="postgresql://user:password@host/db"
+        ),
+    ],
+    bootstrap_servers: Annotated[
+        str,
+        typer.Option("--kafka", envvar="RUNEVENTS_KAFKA", help="Kafka bootstrap servers, host:port[,...]"),
+    ],
+    topic: Annotated[str, typer.Option(help="The topic to project.")] = DEFAULT_TOPIC,
+    projection: Annotated[
+        str, typer.Option(help="The projection's name (its offsets are kept under it).")
+    ] = (DEFAULT_PROJECTION),
+    schema: Annotated[str | None, typer.Option(help="PostgreSQL schema of the projection's tables.")] = None,
+    partitions: Annotated[
+        str | None,
+        typer.Option(
+            help="Own these partitions (e.g. 0,1,2) instead of sharing the topic in a consumer group."
+        ),
+    ] = None,
+    session_timeout_ms: Annotated[
+        int,
+        typer.Option(
+            min=1000, help="How long the group waits for a silent projector before moving its partitions."
+        ),
+    ] = 10_000,
+) -> None:
+    """Run one projector: apply the topic's records to the read tables until SIGTERM or Ctrl-C."""
+    owned: list[int] | None = None
+    if partitions is not None:
+        try:
+            owned = sorted({int(part) for part in partitions.split(",") if part.strip()})
+        except ValueError:
+            _fail(f"--partitions takes comma-separated partition numbers, got {partitions!r}")
+    password = make_url(database_url).password if "://" in database_url else None
+    projector = Projector(
+        bootstrap_servers,
+        database_url,
+        topic=topic,
+        projection=projection,
+        schema=schema,
+        partitions=owned,
+        consumer_options={
+            "session_timeout_ms": session_timeout_ms,
+            "heartbeat_interval_ms": max(session_timeout_ms // 4, 250),
+        },
+    )
+    try:
+        asyncio.run(_project(projector))
+    except (SQLAlchemyError, OSError, RunEventsError, KafkaError) as error:
+        _fail(f"projector stopped: {_error_line(error, password)}")
+
+
+async def _project(projector: Projector) -> None:
+    """Run the projector until SIGTERM or SIGINT, then let it finish its batch and leave the group."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await projector.run(stop)
+
+
 def _error_line(error: BaseException, password: str | None) -> str:
     """One line saying what went wrong, the driver's own words first, never the password."""
     if isinstance(error, DBAPIError) and error.orig is not None:
@@ -331,3 +401,7 @@ def _error_line(error: BaseException, password: str | None) -> str:
 def _fail(message: str) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(1)
+
+
+if __name__ == "__main__":
+    app()

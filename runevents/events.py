@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
 import orjson
@@ -25,7 +26,7 @@ from pydantic import (
     ValidationError,
 )
 
-from runevents.errors import InvalidEventError
+from runevents.errors import InvalidEventError, RunEventsError
 
 MAX_ID_LENGTH: Final = 64
 MAX_EVENT_TYPE_LENGTH: Final = 32
@@ -240,12 +241,27 @@ def prepare_event(
         raise InvalidEventError(field, problem, index=index) from None
     content, content_json = _json_value(event.content, "content", index)
     metadata, metadata_json = _json_value(event.metadata or {}, "metadata", index)
+    created = datetime.now(UTC) if event.created_at is None else event.created_at.astimezone(UTC)
+    return _prepared(
+        event, content, content_json, metadata, metadata_json, new_event_id(), created, max_trace_content
+    )
+
+
+def _prepared(
+    event: EventInput | PutEnvelope,
+    content: Content,
+    content_json: bytes,
+    metadata: dict[str, Any],
+    metadata_json: bytes,
+    event_id: str,
+    created: datetime,
+    max_trace_content: int | None,
+) -> PreparedEvent:
     if max_trace_content is not None and event.category == TRACE_CATEGORY:
         cut, marked = truncate_trace(content, content_json, metadata, max_trace_content)
         if marked is not metadata:
             content, metadata = cut, marked
             content_json, metadata_json = to_json(content), to_json(metadata)
-    created = datetime.now(UTC) if event.created_at is None else event.created_at.astimezone(UTC)
     return PreparedEvent(
         thread_id=event.thread_id,
         run_id=event.run_id,
@@ -255,7 +271,7 @@ def prepare_event(
         metadata=metadata,
         created_at=created.isoformat(),
         user_id=event.user_id,
-        event_id=new_event_id(),
+        event_id=event_id,
         content_json=content_json,
         metadata_json=metadata_json,
         created=created,
@@ -342,7 +358,7 @@ class _EnvelopeBase(BaseModel):
 
     v: Literal[1] = Field(description="Envelope version; additive changes only within a version.")
     event_id: str = Field(
-        description="Producer-assigned UUIDv7: unique, time-ordered; duplicates are skipped."
+        pattern=UUID_PATTERN, description="Producer-assigned UUIDv7; a second copy of one is skipped."
     )
     thread_id: Id
 
@@ -432,3 +448,60 @@ def headers_of(op: str, event_type: str | None = None) -> list[tuple[str, bytes]
     if event_type is not None:
         headers.append((EVENT_TYPE_HEADER, event_type.encode()))
     return headers
+
+
+class UndecodableRecordError(RunEventsError):
+    """A topic record that is not a valid envelope of a version this code reads; `reason` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def decode_record(
+    value: bytes | None, *, max_trace_content: int | None = DEFAULT_MAX_TRACE_CONTENT
+) -> PreparedEvent | DeleteThreadEnvelope | DeleteRunEnvelope | tuple[str, PreparedEvent]:
+    """A topic record's value as a prepared put, `(PUT_IF_ABSENT, prepared)`, or a delete envelope."""
+    if value is None:
+        raise UndecodableRecordError("the record has no value")
+    try:
+        document = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise UndecodableRecordError(f"the value is not JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise UndecodableRecordError(f"the value is JSON {type(document).__name__}, not an object")
+    if document.get("v") != ENVELOPE_VERSION:
+        raise UndecodableRecordError(f"envelope version {document.get('v')!r}; this projector reads 1")
+    try:
+        envelope = ENVELOPE.validate_python(document)
+    except ValidationError as exc:
+        field, problem = _first_problem(exc)
+        raise UndecodableRecordError(f"{field} {problem}") from None
+    if not isinstance(envelope, PutEnvelope):
+        return envelope
+    # Decoded from JSON, content and metadata are already what a read returns: serialize, no round trip.
+    created = envelope.created_at.astimezone(UTC)
+    prepared = _prepared(
+        envelope,
+        envelope.content,
+        to_json(envelope.content),
+        envelope.metadata,
+        to_json(envelope.metadata),
+        envelope.event_id,
+        created,
+        max_trace_content,
+    )
+    return (PUT_IF_ABSENT, prepared) if envelope.op == PUT_IF_ABSENT else prepared
+
+
+SCHEMA_FILE: Final = Path(__file__).resolve().parent / "schemas" / "run-event.v1.json"
+
+
+def envelope_json_schema_text() -> str:
+    """The published JSON Schema file's text: `envelope_json_schema()` indented, keys in order."""
+    return orjson.dumps(envelope_json_schema(), option=orjson.OPT_INDENT_2).decode() + "\n"
+
+
+if __name__ == "__main__":  # `python -m runevents.events` writes the schema file (`make schema`)
+    SCHEMA_FILE.write_text(envelope_json_schema_text(), encoding="utf-8")
+    print(f"wrote {SCHEMA_FILE}")

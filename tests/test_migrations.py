@@ -25,7 +25,14 @@ from runevents.store.schema import Base, thread_counters
 from runevents.store.sql import engine_for
 
 HEAD = "0002_projection_tables"
-TABLES = {"run_events", "thread_counters", "projection_offsets", "op_results", "dead_letters"}
+TABLES = {
+    "run_events",
+    "thread_counters",
+    "projection_offsets",
+    "op_results",
+    "deleted_events",
+    "dead_letters",
+}
 PARTIAL_INDEXES = {
     "ix_run_events_messages",
     "ix_run_events_user_messages",

@@ -1,1 +1,5 @@
-"""The projector: consumes the topic and writes the read tables."""
+"""Consuming the run-events topic: the projector that writes the read tables."""
+
+from runevents.consumer.projector import Projector
+
+__all__ = ["Projector"]

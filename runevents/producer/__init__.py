@@ -1,1 +1,10 @@
-"""Publishing events to the topic (the bus backend's write side)."""
+"""Publishing to the run-events topic."""
+
+from runevents.producer.producer import (
+    BrokerUnavailableError,
+    EventProducer,
+    EventTooLargeError,
+    Published,
+)
+
+__all__ = ["BrokerUnavailableError", "EventProducer", "EventTooLargeError", "Published"]

@@ -149,6 +149,18 @@ class OpResult(Base):
     applied_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class DeletedEvent(Base):
+    """A record a bus delete removed, kept a while: a writer that raced the delete still learns its seq,
+    and a late duplicate of its event id is still recognized."""
+
+    __tablename__ = "deleted_events"
+
+    thread_id: Mapped[str] = mapped_column(String(MAX_ID_LENGTH), primary_key=True)
+    event_id: Mapped[str] = mapped_column(Uuid(as_uuid=False), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    deleted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class DeadLetter(Base):
     """A topic record the projector could not apply, kept with the reason; the partition moved on."""
 
@@ -179,3 +191,4 @@ thread_counters = cast(Table, ThreadCounter.__table__)
 projection_offsets = cast(Table, ProjectionOffset.__table__)
 op_results = cast(Table, OpResult.__table__)
 dead_letters = cast(Table, DeadLetter.__table__)
+deleted_events = cast(Table, DeletedEvent.__table__)

@@ -22,6 +22,7 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    literal,
     select,
     true,
 )
@@ -30,12 +31,19 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from runevents.events import MESSAGE_CATEGORY, PreparedEvent, Record, make_record, message_id_of
 from runevents.store.query import RECORD_COLUMNS, row_to_record
-from runevents.store.schema import DICT, JSON_STR, LIST, STR, run_events, thread_counters
+from runevents.store.schema import DICT, JSON_STR, LIST, STR, deleted_events, run_events, thread_counters
 
 # Longer message ids are not indexed (a btree entry has a size limit); no real message id is near it.
 MAX_INDEXED_MESSAGE_ID: Final = 512
 _c = thread_counters.c
 _e = run_events.c
+_PG: Final = postgresql.dialect()  # type: ignore[no-untyped-call]
+
+
+def qualified(table: Table, schema: str | None) -> str:
+    """The table's name for hand-written PostgreSQL text, in `schema` if one is given, quoted as needed."""
+    in_schema = table if schema is None else table.to_metadata(MetaData(), schema=schema)
+    return _PG.identifier_preparer.format_table(in_schema)
 
 
 def _content_column(event: PreparedEvent) -> tuple[str, str]:
@@ -230,23 +238,47 @@ async def put_if_absent(
     return record, True
 
 
-async def delete_thread(connection: AsyncConnection, thread_id: str) -> int:
+async def _delete_rows(
+    connection: AsyncConnection, thread_id: str, run_id: str | None, *, tombstones: bool
+) -> list[str]:
+    """Delete the thread's (or run's) rows; return their categories. Tombstones keep (event_id, seq)."""
+    where = (
+        _e.thread_id == thread_id if run_id is None else (_e.thread_id == thread_id) & (_e.run_id == run_id)
+    )
+    if not tombstones:
+        removed = await connection.execute(delete(run_events).where(where).returning(_e.category))
+        return [category for (category,) in removed]
+    # One statement: the rows go, their tombstones come, and the categories come back for the counts.
+    gone = delete(run_events).where(where).returning(_e.event_id, _e.seq, _e.category).cte("gone")
+    kept = (
+        postgresql.insert(deleted_events)
+        .from_select(
+            ["thread_id", "event_id", "seq", "deleted_at"],
+            select(literal(thread_id), gone.c.event_id, gone.c.seq, func.now()),
+        )
+        .on_conflict_do_nothing()
+        .cte("kept")
+    )
+    removed = await connection.execute(select(gone.c.category).add_cte(kept))
+    return [category for (category,) in removed]
+
+
+async def delete_thread(connection: AsyncConnection, thread_id: str, *, tombstones: bool = False) -> int:
     """Delete a thread's rows and its counter row (its seq starts again at 1); return how many rows went."""
     if await lock_thread(connection, thread_id) is None:
         return 0
-    removed = await connection.execute(delete(run_events).where(_e.thread_id == thread_id))
+    categories = await _delete_rows(connection, thread_id, None, tombstones=tombstones)
     await connection.execute(delete(thread_counters).where(_c.thread_id == thread_id))
-    return int(removed.rowcount)
+    return len(categories)
 
 
-async def delete_run(connection: AsyncConnection, thread_id: str, run_id: str) -> int:
+async def delete_run(
+    connection: AsyncConnection, thread_id: str, run_id: str, *, tombstones: bool = False
+) -> int:
     """Delete a run's rows (the thread's seq goes on) and count them off; return how many went."""
     if await lock_thread(connection, thread_id) is None:
         return 0
-    removed = await connection.execute(
-        delete(run_events).where(_e.thread_id == thread_id, _e.run_id == run_id).returning(_e.category)
-    )
-    categories = [category for (category,) in removed]
+    categories = await _delete_rows(connection, thread_id, run_id, tombstones=tombstones)
     if categories:
         messages = sum(1 for category in categories if category == MESSAGE_CATEGORY)
         await connection.execute(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import threading
+import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,8 +14,13 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
+from runevents.consumer import Projector
 from runevents.store import JsonlRunEventStore, MemoryRunEventStore, RunEventStore
+from runevents.store.bus import BusRunEventStore
 from runevents.store.sql import SqlRunEventStore, engine_for
+from runevents.topic import create_topic
+
+BUS_PARTITIONS = 3
 
 
 @dataclass(frozen=True)
@@ -25,6 +31,8 @@ class Backend:
     opener: Callable[..., RunEventStore]
     # Whether a store opened again over the same storage sees what an earlier one wrote.
     persistent: bool
+    # What runs beside the stores (the bus backend's projector), stopped once the test is done with them.
+    shutdown: Callable[[], None] = lambda: None
 
     def open(self, **options: Any) -> RunEventStore:
         """A new store object over this backend's storage (options: `max_trace_content`)."""
@@ -52,7 +60,9 @@ async def _empty_tables(url: str) -> None:
     engine = engine_for(url)
     try:
         async with engine.begin() as connection:
-            await connection.execute(text("TRUNCATE run_events, thread_counters"))
+            await connection.execute(
+                text("TRUNCATE run_events, thread_counters, projection_offsets, op_results, dead_letters")
+            )
     finally:
         await engine.dispose()
 
@@ -86,9 +96,67 @@ def postgresql_backend(directory: Path, request: pytest.FixtureRequest) -> Backe
     return Backend("sql+postgresql", lambda **o: SqlRunEventStore(url, **{**options, **o}), persistent=True)
 
 
+class ProjectorThread:
+    """A projector running on a thread of its own (its own event loop) while a test runs."""
+
+    def __init__(self, projector: Projector) -> None:
+        self._projector = projector
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._failure: list[BaseException] = []
+        self._thread = threading.Thread(target=self._main, name="projector", daemon=True)
+
+    def start(self) -> None:
+        """Start projecting; return once the projector's loop runs."""
+        self._thread.start()
+        self._ready.wait(timeout=30)
+
+    def stop(self) -> None:
+        """Stop projecting and wait for the projector to leave; raise what it failed with."""
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout=60)
+        if self._failure:
+            raise self._failure[0]
+
+    def _main(self) -> None:
+        async def run() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            self._ready.set()
+            await self._projector.run(self._stop)
+
+        try:
+            asyncio.run(run())
+        except BaseException as exc:
+            self._failure.append(exc)
+        finally:
+            self._ready.set()
+
+
+def bus_backend(directory: Path, request: pytest.FixtureRequest) -> Backend:
+    """The bus backend: a fresh topic, the shared PostgreSQL database emptied, a projector running."""
+    url: str = request.getfixturevalue("migrated_postgres_url")
+    bootstrap: str = request.getfixturevalue("kafka_bootstrap")
+    topic = f"conformance-{uuid.uuid4().hex[:12]}"
+    run_aside(_empty_tables(url))
+    run_aside(_create_topic(bootstrap, topic))
+    projector = ProjectorThread(Projector(bootstrap, url, topic=topic, partitions=range(BUS_PARTITIONS)))
+    projector.start()
+    request.addfinalizer(projector.stop)
+    options = {"max_trace_content": None, "topic": topic, "poll_interval_s": 0.2}
+    return Backend("bus", lambda **o: BusRunEventStore(bootstrap, url, **{**options, **o}), persistent=True)
+
+
+async def _create_topic(bootstrap: str, topic: str) -> None:
+    await create_topic(bootstrap, topic, partitions=BUS_PARTITIONS)
+
+
 BACKENDS: dict[str, Callable[[Path, pytest.FixtureRequest], Backend]] = {
     "memory": memory_backend,
     "jsonl": jsonl_backend,
     "sql+sqlite": sqlite_backend,
     "sql+postgresql": postgresql_backend,
+    "bus": bus_backend,
 }

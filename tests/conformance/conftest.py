@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -45,9 +45,11 @@ def migrated_postgres_url(postgres_url: str) -> str:
 
 
 @pytest.fixture(params=sorted(BACKENDS))
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     """The backend under test, over storage of its own."""
-    return BACKENDS[request.param](tmp_path / "store", request)
+    chosen = BACKENDS[request.param](tmp_path / "store", request)
+    yield chosen
+    chosen.shutdown()
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The bus projector's tables: projection_offsets, op_results, dead_letters.
+"""The bus projector's tables: projection_offsets, op_results, deleted_events, dead_letters.
 
 Revision ID: 0002_projection_tables
 Revises: 0001_read_tables
@@ -56,6 +56,14 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("thread_id", "event_id", name=op.f("pk_op_results")),
     )
     op.create_table(
+        "deleted_events",
+        sa.Column("thread_id", sa.String(length=64), nullable=False),
+        sa.Column("event_id", sa.Uuid(as_uuid=False), nullable=False),
+        sa.Column("seq", sa.BigInteger(), nullable=False),
+        sa.Column("deleted_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("thread_id", "event_id", name=op.f("pk_deleted_events")),
+    )
+    op.create_table(
         "projection_offsets",
         sa.Column("projection", sa.String(length=64), nullable=False),
         sa.Column("topic", sa.String(length=249), nullable=False),
@@ -68,5 +76,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     """Drop the projector's tables."""
     op.drop_table("projection_offsets")
+    op.drop_table("deleted_events")
     op.drop_table("op_results")
     op.drop_table("dead_letters")

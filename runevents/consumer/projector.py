@@ -1,0 +1,411 @@
+"""The projector: the topic's records applied to the read tables, exactly once in effect.
+
+Kafka delivers at least once; the projection is exactly once because every batch is one PostgreSQL
+transaction that also moves the partition's stored offset, and commits only if that offset is still
+where the batch began (a consumer that lost its partition in a rebalance cannot write a stale batch).
+On assignment the projector seeks to the stored offsets; Kafka's own committed offsets are never used.
+A second copy of an `event_id` is skipped. seq comes from the thread's counter row: a thread's
+records are all in one partition, so one projector at a time numbers them, in log order. Deletes and
+put_if_absent are applied in log order between the puts around them, and their outcomes are stored
+for the writer waiting on them. A record that cannot be decoded goes to the dead-letter topic and
+table with its reason, and the partition moves on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.structs import ConsumerRecord
+from sqlalchemy import delete, select, update
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from runevents.events import (
+    PUT_IF_ABSENT,
+    DeleteRunEnvelope,
+    DeleteThreadEnvelope,
+    PreparedEvent,
+    UndecodableRecordError,
+    decode_record,
+)
+from runevents.store import writes
+from runevents.store.schema import (
+    dead_letters,
+    deleted_events,
+    op_results,
+    projection_offsets,
+    run_events,
+)
+from runevents.store.sql import DATABASE_ERRORS, engine_for
+from runevents.topic import DEFAULT_TOPIC, dead_letter_topic
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PROJECTION: Final = "main"
+# The channel the projector notifies on each commit; writers waiting for read-your-writes listen.
+NOTIFY_CHANNEL: Final = "runevents_projected"
+# Op results and tombstones serve writers waiting on them and retries of the same record: minutes.
+RESULTS_KEPT_S: Final = 3600
+PRUNE_EVERY_S: Final = 60
+# Backing off while the database does not answer.
+RETRY_FIRST_S: Final = 0.1
+RETRY_MAX_S: Final = 5.0
+_o = projection_offsets.c
+
+
+def notification(schema: str | None, projection: str, topic: str, partition: int, next_offset: int) -> str:
+    """The NOTIFY payload that says a projection's partition has reached `next_offset`."""
+    return "\t".join((schema or "", projection, topic, str(partition), str(next_offset)))
+
+
+class StaleBatchError(Exception):
+    """The stored offset of a partition moved since this projector read it: another one owns it now."""
+
+
+class Projector:
+    """Consumes the topic and keeps one projection's read tables up to date."""
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        database_url: str,
+        *,
+        topic: str = DEFAULT_TOPIC,
+        projection: str = DEFAULT_PROJECTION,
+        schema: str | None = None,
+        group_id: str | None = None,
+        partitions: Sequence[int] | None = None,
+        max_batch: int = 5000,
+        max_trace_content: int | None = None,
+        consumer_options: dict[str, Any] | None = None,
+        client_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.topic = topic
+        self.projection = projection
+        self._bootstrap_servers = bootstrap_servers
+        self._schema = schema
+        # With `partitions`, this projector owns them outright (no group); else the group shares them.
+        self._partitions = None if partitions is None else list(partitions)
+        self._group_id = group_id or f"runevents-projector-{projection}"
+        self._max_batch = max_batch
+        self._max_trace_content = max_trace_content
+        self._consumer_options = dict(consumer_options or {})
+        self._client_options = dict(client_options or {})
+        self._engine = engine_for(database_url, schema=schema, pool_size=2)
+        # Stored, or stored and deleted since (tombstones are kept a while): either way, seen.
+        self._dedupe_sql = " UNION ALL ".join(
+            f"SELECT event_id::text FROM {writes.qualified(table, schema)} "
+            "WHERE (thread_id, event_id) IN (SELECT * FROM unnest($1::text[], $2::uuid[]))"
+            for table in (run_events, deleted_events)
+        )
+        # Where each owned partition's stored offset stands, as this projector last read or wrote it.
+        self._positions: dict[TopicPartition, int] = {}
+        # Held while a batch is applied, so a revocation waits for the batch to commit or roll back.
+        self._applying = asyncio.Lock()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._dead_letters: AIOKafkaProducer | None = None
+        self.projected = 0
+        self.dead = 0
+        self.stale_batches = 0
+        self._batch_projected = 0
+        self._batch_dead = 0
+
+    @property
+    def assignment(self) -> set[TopicPartition]:
+        """The partitions this projector owns now."""
+        return set(self._positions)
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Project until `stop` is set (or the task is cancelled), then leave cleanly."""
+        stop = stop or asyncio.Event()
+        await self._start()
+        consumer = self._consumer
+        assert consumer is not None
+        pruned = time.monotonic()
+        try:
+            while not stop.is_set():
+                batch = await consumer.getmany(timeout_ms=100, max_records=self._max_batch)
+                if batch:
+                    try:
+                        async with self._applying:
+                            await self._apply(batch)
+                    except DATABASE_ERRORS as exc:
+                        # Rolled back: nothing of the batch is stored, so it is read again from the
+                        # stored offsets once the database answers (a restart, a killed connection).
+                        await self._recover(exc, stop)
+                if time.monotonic() - pruned > PRUNE_EVERY_S:
+                    await self._prune()
+                    pruned = time.monotonic()
+        finally:
+            await self._close()
+
+    async def _recover(self, error: BaseException, stop: asyncio.Event) -> None:
+        """After a failed batch, seek back to the stored offsets, retrying until the database answers."""
+        delay = RETRY_FIRST_S
+        while not stop.is_set():
+            log.warning(
+                "a batch failed and was rolled back (%s); reading again from the stored offsets", error
+            )
+            await asyncio.sleep(delay)
+            try:
+                async with self._applying:
+                    await self._seek_to_stored(sorted(self._positions, key=lambda tp: tp.partition))
+                return
+            except DATABASE_ERRORS as exc:
+                error, delay = exc, min(delay * 2, RETRY_MAX_S)
+
+    async def _start(self) -> None:
+        options: dict[str, Any] = {
+            "bootstrap_servers": self._bootstrap_servers,
+            "enable_auto_commit": False,
+            "auto_offset_reset": "earliest",
+            "max_partition_fetch_bytes": 4 * 1024 * 1024,
+            # A writer waits for its record to be projected: a fetch must not sit out a long poll.
+            # (Tansu answers a fetch only when this wait expires, even when records are there.)
+            "fetch_max_wait_ms": 20,
+            **self._client_options,
+            **self._consumer_options,
+        }
+        self._dead_letters = AIOKafkaProducer(
+            bootstrap_servers=self._bootstrap_servers, acks="all", **self._client_options
+        )
+        await self._dead_letters.start()
+        if self._partitions is None:
+            consumer = AIOKafkaConsumer(group_id=self._group_id, **options)
+            self._consumer = consumer
+            await consumer.start()
+            consumer.subscribe([self.topic], listener=_Rebalance(self))
+        else:
+            consumer = AIOKafkaConsumer(**options)
+            self._consumer = consumer
+            await consumer.start()
+            owned = [TopicPartition(self.topic, partition) for partition in self._partitions]
+            consumer.assign(owned)
+            await self._seek_to_stored(owned)
+
+    async def _prune(self) -> None:
+        """Drop op results and tombstones old enough that no writer waits on them and no retry comes."""
+        cutoff = datetime.now(UTC) - timedelta(seconds=RESULTS_KEPT_S)
+        async with self._engine.begin() as connection:
+            await connection.execute(delete(op_results).where(op_results.c.applied_at < cutoff))
+            await connection.execute(delete(deleted_events).where(deleted_events.c.deleted_at < cutoff))
+
+    async def _close(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+        if self._dead_letters is not None:
+            await self._dead_letters.stop()
+            self._dead_letters = None
+        await self._engine.dispose()
+
+    async def _seek_to_stored(self, partitions: Sequence[TopicPartition]) -> None:
+        """Read (creating at 0 if new) the stored offsets of `partitions` and seek the consumer to them."""
+        if not partitions:
+            return
+        numbers = [tp.partition for tp in partitions]
+        async with self._engine.begin() as connection:
+            rows = [
+                {"projection": self.projection, "topic": self.topic, "partition": n, "next_offset": 0}
+                for n in numbers
+            ]
+            await connection.execute(
+                postgresql.insert(projection_offsets).values(rows).on_conflict_do_nothing()
+            )
+            stored = dict(
+                (
+                    await connection.execute(
+                        select(_o.partition, _o.next_offset).where(
+                            _o.projection == self.projection,
+                            _o.topic == self.topic,
+                            _o.partition.in_(numbers),
+                        )
+                    )
+                ).all()
+            )
+        assert self._consumer is not None
+        for tp in partitions:
+            self._positions[tp] = stored[tp.partition]
+            self._consumer.seek(tp, stored[tp.partition])
+
+    def _forget(self, partitions: Sequence[TopicPartition]) -> None:
+        for tp in partitions:
+            self._positions.pop(tp, None)
+
+    async def _apply(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        """Apply one fetched batch in one transaction; on a stale offset, roll back and seek again."""
+        moved: dict[TopicPartition, int] = {}
+        # Counted into `projected` and `dead` only once the batch commits.
+        self._batch_projected = self._batch_dead = 0
+        try:
+            async with self._engine.begin() as connection:
+                # One lock order (by partition) for every projector: two that share a partition for a
+                # moment, in a rebalance, queue on its offset row instead of deadlocking.
+                for tp, records in sorted(batch.items(), key=lambda item: item[0].partition):
+                    start = self._positions.get(tp)
+                    if start is None:
+                        continue  # revoked while fetched
+                    fresh = [record for record in records if record.offset >= start]
+                    if not fresh:
+                        continue
+                    end = fresh[-1].offset + 1
+                    await self._fence(connection, tp, start, end)
+                    await self._apply_partition(connection, tp, fresh)
+                    moved[tp] = end
+                raw: Any = (await connection.get_raw_connection()).driver_connection
+                for tp, end in moved.items():
+                    payload = notification(self._schema, self.projection, self.topic, tp.partition, end)
+                    # Delivered at commit, and only if it commits.
+                    await raw.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, payload)
+        except StaleBatchError as exc:
+            self.stale_batches += 1
+            log.warning("%s; rolled the batch back and seeking to the stored offsets", exc)
+            await self._seek_to_stored(sorted(self._positions, key=lambda tp: tp.partition))
+            return
+        self._positions.update((tp, end) for tp, end in moved.items() if tp in self._positions)
+        self.projected += self._batch_projected
+        self.dead += self._batch_dead
+
+    async def _fence(self, connection: AsyncConnection, tp: TopicPartition, start: int, end: int) -> None:
+        moved = await connection.execute(
+            update(projection_offsets)
+            .where(
+                _o.projection == self.projection,
+                _o.topic == self.topic,
+                _o.partition == tp.partition,
+                _o.next_offset == start,
+            )
+            .values(next_offset=end)
+        )
+        if moved.rowcount != 1:
+            raise StaleBatchError(
+                f"partition {tp.partition} of {self.topic!r} is no longer at offset {start} "
+                f"in projection {self.projection!r}"
+            )
+
+    async def _apply_partition(
+        self, connection: AsyncConnection, tp: TopicPartition, records: list[ConsumerRecord]
+    ) -> None:
+        puts: list[PreparedEvent] = []
+        for record in records:
+            try:
+                decoded = decode_record(record.value, max_trace_content=self._max_trace_content)
+                thread_id = (decoded[1] if isinstance(decoded, tuple) else decoded).thread_id
+                if record.key != thread_id.encode():
+                    # Keyed otherwise, a thread's records could sit in two partitions, numbered twice.
+                    raise UndecodableRecordError(
+                        f"the record's key {record.key!r} is not its thread id {thread_id!r}"
+                    )
+            except UndecodableRecordError as exc:
+                await self._dead_letter(connection, tp, record, exc.reason)
+                continue
+            if isinstance(decoded, PreparedEvent):
+                puts.append(decoded)
+                continue
+            # Everything before an op is applied before it: log order is the order of effects.
+            await self._insert_puts(connection, puts)
+            puts = []
+            await self._apply_op(connection, decoded)
+        await self._insert_puts(connection, puts)
+
+    async def _insert_puts(self, connection: AsyncConnection, puts: list[PreparedEvent]) -> None:
+        if not puts:
+            return
+        raw: Any = (await connection.get_raw_connection()).driver_connection
+        stored = await raw.fetch(
+            self._dedupe_sql, [event.thread_id for event in puts], [event.event_id for event in puts]
+        )
+        seen = {row[0] for row in stored}
+        fresh = []
+        for event in puts:
+            if event.event_id not in seen:  # a producer's retry, or a backfill run twice
+                seen.add(event.event_id)
+                fresh.append(event)
+        if fresh:
+            await writes.insert_events_postgresql(raw, fresh, self._schema)
+            self._batch_projected += len(fresh)
+
+    async def _apply_op(
+        self,
+        connection: AsyncConnection,
+        op: DeleteThreadEnvelope | DeleteRunEnvelope | tuple[str, PreparedEvent],
+    ) -> None:
+        event_id = op[1].event_id if isinstance(op, tuple) else op.event_id
+        thread_id = op[1].thread_id if isinstance(op, tuple) else op.thread_id
+        done = await connection.execute(
+            select(op_results.c.op).where(
+                op_results.c.thread_id == thread_id, op_results.c.event_id == event_id
+            )
+        )
+        if done.first() is not None:
+            return  # applied before: a retried op must not run twice
+        result: dict[str, Any] = {"thread_id": thread_id, "event_id": event_id}
+        if isinstance(op, tuple):
+            _, event = op
+            record, created = await writes.put_if_absent(connection, event, self._schema)
+            result |= {"op": PUT_IF_ABSENT, "seq": record["seq"], "created": created}
+            self._batch_projected += created
+        elif isinstance(op, DeleteRunEnvelope):
+            removed = await writes.delete_run(connection, op.thread_id, op.run_id, tombstones=True)
+            result |= {"op": op.op, "removed": removed}
+        else:
+            removed = await writes.delete_thread(connection, op.thread_id, tombstones=True)
+            result |= {"op": op.op, "removed": removed}
+        await connection.execute(op_results.insert().values(**result, applied_at=datetime.now(UTC)))
+
+    async def _dead_letter(
+        self, connection: AsyncConnection, tp: TopicPartition, record: ConsumerRecord, reason: str
+    ) -> None:
+        """Send the record to the dead-letter topic and table with `reason`; the partition goes on."""
+        headers = [(name, value) for name, value in record.headers or ()]
+        assert self._dead_letters is not None
+        await self._dead_letters.send_and_wait(
+            dead_letter_topic(self.topic),
+            value=record.value,
+            key=record.key,
+            headers=[
+                *headers,
+                ("runevents-dead-reason", reason.encode()),
+                ("runevents-source", f"{tp.topic}/{tp.partition}/{record.offset}".encode()),
+            ],
+        )
+        await connection.execute(
+            postgresql.insert(dead_letters)
+            .values(
+                projection=self.projection,
+                topic=tp.topic,
+                partition=tp.partition,
+                offset=record.offset,
+                key=record.key,
+                value=record.value,
+                headers=orjson.dumps(
+                    [[name, bytes(value).decode("utf-8", "replace")] for name, value in headers]
+                ).decode(),
+                reason=reason,
+                dead_at=datetime.now(UTC),
+            )
+            .on_conflict_do_nothing()
+        )
+        self._batch_dead += 1
+        log.warning("dead letter at %s/%d/%d: %s", tp.topic, tp.partition, record.offset, reason)
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Seeks newly assigned partitions to their stored offsets; lets a running batch finish first."""
+
+    def __init__(self, projector: Projector) -> None:
+        self._projector = projector
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        async with self._projector._applying:
+            self._projector._forget(list(revoked))
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        await self._projector._seek_to_stored(list(assigned))

@@ -1,0 +1,190 @@
+"""The bus backend: writes go to the topic, a projector group writes the read tables, reads come from them.
+
+`put`/`put_batch`/`put_if_absent` and the deletes publish, wait until the projection has applied
+the records (read-your-writes), then return what the read tables hold. `publish`/`publish_batch`
+return once the broker has acknowledged, without a seq, for emitters that do not need one.
+
+A batch's events are validated together, so a bad event fails the batch before anything is sent.
+Once sent, each event is a record of its own: if the broker fails mid-batch, the events it
+acknowledged will be projected and the error says which were not acknowledged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+from pydantic import TypeAdapter, ValidationError
+from sqlalchemy import select, tuple_
+
+from runevents.consumer.projector import DEFAULT_PROJECTION
+from runevents.errors import RunEventsError
+from runevents.events import (
+    DEFAULT_MAX_TRACE_CONTENT,
+    PUT_IF_ABSENT,
+    Id,
+    PreparedEvent,
+    Record,
+    make_record,
+    prepare_event,
+    prepare_events,
+)
+from runevents.producer import EventProducer, Published
+from runevents.store.query import RECORD_COLUMNS, ReadTablesStore
+from runevents.store.read_your_writes import DEFAULT_POLL_INTERVAL_S, ProjectionWatcher
+from runevents.store.schema import deleted_events, op_results, run_events
+from runevents.store.sql import engine_for
+from runevents.topic import DEFAULT_TOPIC
+
+DEFAULT_WAIT_S: Final = 30.0
+_e = run_events.c
+_r = op_results.c
+_ID: Final[TypeAdapter[str]] = TypeAdapter(Id)
+
+
+class ProjectedRecordMissingError(RunEventsError):
+    """The projection passed a record's offset, but the record is not in the read tables."""
+
+
+def _is_valid_id(value: object) -> bool:
+    try:
+        _ID.validate_python(value)
+    except ValidationError:
+        return False
+    return True
+
+
+class BusRunEventStore(ReadTablesStore):
+    """A `RunEventStore` that writes through the topic and reads the projection's read tables."""
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        database_url: str,
+        *,
+        topic: str = DEFAULT_TOPIC,
+        projection: str = DEFAULT_PROJECTION,
+        schema: str | None = None,
+        max_trace_content: int | None = DEFAULT_MAX_TRACE_CONTENT,
+        wait_timeout_s: float = DEFAULT_WAIT_S,
+        poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
+        pool_size: int = 8,
+        producer_options: dict[str, Any] | None = None,
+    ) -> None:
+        self._schema = schema
+        self._engine = engine_for(database_url, schema=schema, pool_size=pool_size)
+        self._max_trace_content = max_trace_content
+        self._wait_timeout_s = wait_timeout_s
+        self._producer = EventProducer(bootstrap_servers, topic=topic, **(producer_options or {}))
+        self._watcher = ProjectionWatcher(
+            database_url, projection=projection, topic=topic, schema=schema, poll_interval_s=poll_interval_s
+        )
+
+    @property
+    def producer(self) -> EventProducer:
+        """The producer the store publishes with."""
+        return self._producer
+
+    async def close(self) -> None:
+        """Flush the producer and close the listener and the connection pool."""
+        await self._producer.stop()
+        await self._watcher.close()
+        await self._engine.dispose()
+
+    async def publish_batch(self, events: Sequence[Mapping[str, Any]]) -> list[Published]:
+        """Validate and publish events; return once the broker acknowledged them (no seq, no wait)."""
+        prepared = prepare_events(events, max_trace_content=self._max_trace_content)
+        return await self._producer.publish_puts(prepared) if prepared else []
+
+    async def publish(self, **event: Any) -> Published:
+        """Validate and publish one event (the keywords of `put`); return once the broker acknowledged it."""
+        (published,) = await self.publish_batch([event])
+        return published
+
+    async def _wait(self, published: Sequence[Published]) -> None:
+        positions: dict[int, int] = {}
+        for record in published:
+            positions[record.partition] = max(positions.get(record.partition, -1), record.offset)
+        await self._watcher.wait(positions, self._wait_timeout_s)
+
+    async def put_batch(self, events: Sequence[Mapping[str, Any]]) -> list[Record]:
+        """Publish events, wait until they are projected, and return their records in input order."""
+        prepared = prepare_events(events, max_trace_content=self._max_trace_content)
+        if not prepared:
+            return []
+        await self._ready()
+        published = await self._producer.publish_puts(prepared)
+        await self._wait(published)
+        seqs = await self._projected_seqs(prepared)
+        return [make_record(event, seqs[event.event_id]) for event in prepared]
+
+    async def _projected_seqs(self, events: Sequence[PreparedEvent]) -> dict[str, int]:
+        """The seq the projector gave each event (also when a delete has removed it since)."""
+        wanted = [(event.thread_id, event.event_id) for event in events]
+        seqs: dict[str, int] = {}
+        # The record is what was published, numbered: only its seq needs reading back.
+        for table in (run_events, deleted_events):
+            unseen = [pair for pair in wanted if pair[1] not in seqs]
+            if not unseen:
+                break
+            columns = table.c
+            rows = await self._rows(
+                select(columns.event_id, columns.seq).where(
+                    tuple_(columns.thread_id, columns.event_id).in_(unseen)
+                )
+            )
+            seqs.update((str(event_id), int(seq)) for event_id, seq in rows)
+        missing = [event_id for _, event_id in wanted if event_id not in seqs]
+        if missing:
+            raise ProjectedRecordMissingError(
+                f"{len(missing)} of {len(wanted)} events were projected but are not in the read tables "
+                f"(dead-lettered? see dead_letters), e.g. event_id {missing[0]}"
+            )
+        return seqs
+
+    async def _op_result(self, published: Published) -> Any:
+        await self._wait([published])
+        rows = await self._rows(
+            select(_r.removed, _r.seq, _r.created).where(
+                _r.thread_id == published.thread_id, _r.event_id == published.event_id
+            )
+        )
+        if not rows:
+            raise ProjectedRecordMissingError(
+                f"op {published.event_id} on thread {published.thread_id!r} was projected but left no "
+                "result (dead-lettered? see dead_letters)"
+            )
+        return rows[0]
+
+    async def _put_if_absent(self, event: Mapping[str, Any]) -> tuple[Record, bool]:
+        prepared = prepare_event(event, max_trace_content=self._max_trace_content)
+        await self._ready()
+        (published,) = await self._producer.publish_puts([prepared], op=PUT_IF_ABSENT)
+        result = await self._op_result(published)
+        if result.created:
+            return make_record(prepared, result.seq), True
+        records = await self._records(
+            select(*RECORD_COLUMNS).where(_e.thread_id == prepared.thread_id, _e.seq == result.seq)
+        )
+        if not records:
+            raise ProjectedRecordMissingError(
+                f"put_if_absent on thread {prepared.thread_id!r} resolved to seq {result.seq}, "
+                "which has been deleted since"
+            )
+        return records[0], False
+
+    async def delete_by_thread(self, thread_id: str) -> int:
+        """Delete a thread's records and reset its seq; return how many were removed."""
+        if not _is_valid_id(thread_id):
+            return 0  # no event was ever stored under an id a put would refuse
+        await self._ready()
+        result = await self._op_result(await self._producer.publish_delete(thread_id))
+        return int(result.removed)
+
+    async def delete_by_run(self, thread_id: str, run_id: str) -> int:
+        """Delete a run's records (the thread's seq goes on); return how many were removed."""
+        if not (_is_valid_id(thread_id) and _is_valid_id(run_id)):
+            return 0
+        await self._ready()
+        result = await self._op_result(await self._producer.publish_delete(thread_id, run_id))
+        return int(result.removed)
