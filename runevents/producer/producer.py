@@ -10,12 +10,13 @@ option for brokers that have it.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, UnknownError
 
 from runevents.errors import InvalidEventError, RunEventsError
 from runevents.events import (
@@ -29,6 +30,8 @@ from runevents.events import (
     new_event_id,
 )
 from runevents.topic import DEFAULT_TOPIC, max_message_bytes
+
+log = logging.getLogger(__name__)
 
 # (event_id, thread_id, value, headers) of one record to send.
 _Outgoing = tuple[str, str, bytes, list[tuple[str, bytes]]]
@@ -68,7 +71,7 @@ class EventProducer:
         linger_ms: int = 5,
         max_batch_bytes: int = 256 * 1024,
         request_timeout_ms: int = 30_000,
-        enable_idempotence: bool = False,
+        enable_idempotence: bool | None = None,
         client_options: dict[str, Any] | None = None,
     ) -> None:
         self.topic = topic
@@ -81,8 +84,9 @@ class EventProducer:
             "linger_ms": linger_ms,
             "max_batch_size": max_batch_bytes,
             "request_timeout_ms": request_timeout_ms,
-            "enable_idempotence": enable_idempotence,
         }
+        # None: on where the broker grants a producer id, off (with a warning) where it does not.
+        self._idempotence = enable_idempotence
         self._producer: AIOKafkaProducer | None = None
         self._starting = asyncio.Lock()
 
@@ -101,19 +105,52 @@ class EventProducer:
                     self._max_message_bytes = await max_message_bytes(
                         self._bootstrap_servers, self.topic, client_options=self._client_options
                     )
-                producer = AIOKafkaProducer(
-                    bootstrap_servers=self._bootstrap_servers,
-                    # A record as large as the topic takes must fit in one request.
-                    max_request_size=self._max_message_bytes + _RECORD_OVERHEAD,
-                    **self._options,
-                    **self._client_options,
-                )
-                await producer.start()
+                idempotent = self._idempotence is not False
+                try:
+                    producer = await self._connect(idempotent)
+                except UnknownError as exc:
+                    if self._idempotence:
+                        raise BrokerUnavailableError(
+                            f"the broker at {self._bootstrap_servers} refused an idempotent producer "
+                            "(enable_idempotence=True); leave it unset to fall back where unsupported"
+                        ) from exc
+                    # Brokers without InitProducerId (Tansu) refuse an idempotent producer at start;
+                    # the projector's event-id dedupe is what makes retries harmless anyway.
+                    log.warning(
+                        "the broker at %s refuses idempotent producers; publishing without idempotence "
+                        "(duplicates from retries are skipped by event id)",
+                        self._bootstrap_servers,
+                    )
+                    idempotent = False
+                    producer = await self._connect(idempotent)
+                self._idempotence = idempotent
             except KafkaError as exc:
                 raise BrokerUnavailableError(
                     f"cannot reach the Kafka broker at {self._bootstrap_servers}: {exc!r}"
                 ) from exc
             self._producer = producer
+
+    async def _connect(self, idempotent: bool) -> AIOKafkaProducer:
+        assert self._max_message_bytes is not None
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self._bootstrap_servers,
+            # A record as large as the topic takes must fit in one request.
+            max_request_size=self._max_message_bytes + _RECORD_OVERHEAD,
+            enable_idempotence=idempotent,
+            **self._options,
+            **self._client_options,
+        )
+        try:
+            await producer.start()
+        except BaseException:
+            await producer.stop()
+            raise
+        return producer
+
+    @property
+    def idempotent(self) -> bool | None:
+        """Whether the producer is idempotent (None until started when left to the broker)."""
+        return self._idempotence
 
     async def stop(self) -> None:
         """Send what is buffered and disconnect."""

@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
 import asyncpg
 import orjson
@@ -19,7 +20,8 @@ from sqlalchemy.engine import make_url
 
 from runevents.consumer import Projector
 from runevents.events import encode_put, prepare_event
-from runevents.producer import EventTooLargeError
+from runevents.producer import BrokerUnavailableError, EventProducer, EventTooLargeError
+from runevents.store import open_store
 from runevents.store.bus import BusRunEventStore
 from runevents.store.read_your_writes import ProjectionTimeout
 from runevents.topic import create_topic, dead_letter_topic
@@ -252,3 +254,36 @@ async def test_projectors_in_separate_processes_share_the_topic_in_a_group(
             process.send_signal(signal.SIGTERM)
         outputs = [process.communicate(timeout=60)[0].decode() for process in processes]
     assert [process.returncode for process in processes] == [0, 0], outputs
+
+
+async def test_idempotence_falls_back_where_the_broker_refuses_it_and_is_an_error_when_required(
+    kafka_bootstrap: str, topic: str, caplog: pytest.LogCaptureFixture
+):
+    automatic = EventProducer(kafka_bootstrap, topic=topic)
+    try:
+        published = await automatic.publish_puts([prepare_event(event("t1", 0))])
+        assert published[0].thread_id == "t1"
+        # Apache Kafka grants a producer id; Tansu refuses InitProducerId, and the fall-back is logged.
+        assert automatic.idempotent is ("refuses idempotent producers" not in caplog.text)
+    finally:
+        await automatic.stop()
+    if automatic.idempotent is False:
+        required = EventProducer(kafka_bootstrap, topic=topic, enable_idempotence=True)
+        with pytest.raises(BrokerUnavailableError, match="refused an idempotent producer"):
+            await required.start()
+        await required.stop()
+
+
+async def test_open_store_opens_the_bus_from_a_kafka_url(
+    kafka_bootstrap: str, bus_db: str, topic: str, make_projector: Callable[..., Projector]
+):
+    database = quote(bus_db, safe="")
+    store = open_store(f"kafka://{kafka_bootstrap}/{topic}?database={database}&projection=main")
+    assert isinstance(store, BusRunEventStore)
+    try:
+        async with running(make_projector()):
+            assert (await store.put(**event("t1", 0)))["seq"] == 1
+    finally:
+        await store.close()
+    with pytest.raises(ValueError, match="names the brokers and the read tables' database"):
+        open_store(f"kafka://{kafka_bootstrap}/{topic}")
