@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -17,26 +21,42 @@ POSTGRES_DESCRIPTION = pytest.StashKey[str]()
 KAFKA_DESCRIPTION = pytest.StashKey[str]()
 
 
+@contextlib.contextmanager
+def service_directory(name: str) -> Iterator[Path]:
+    """A scratch directory for a session's server, removed afterwards.
+
+    Not under pytest's basetemp: pytest deletes all but the newest three of those when another
+    session starts, and PostgreSQL shuts down when its data directory disappears under it.
+    """
+    directory = Path(tempfile.mkdtemp(prefix=f"runevents-test-{name}-"))
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def postgres_url(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Iterator[str]:
+def postgres_url(pytestconfig: pytest.Config) -> Iterator[str]:
     """The base asyncpg URL of the session's PostgreSQL, started on first use and stopped at the end."""
-    url, description, stop = postgres_for_tests(tmp_path_factory.mktemp("postgres"))
-    pytestconfig.stash[POSTGRES_DESCRIPTION] = description
-    try:
-        yield url
-    finally:
-        stop()
+    with service_directory("postgres") as directory:
+        url, description, stop = postgres_for_tests(directory)
+        pytestconfig.stash[POSTGRES_DESCRIPTION] = description
+        try:
+            yield url
+        finally:
+            stop()
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Iterator[str]:
+def kafka_bootstrap(pytestconfig: pytest.Config) -> Iterator[str]:
     """The bootstrap servers of the session's Kafka broker, started on first use and stopped at the end."""
-    bootstrap, description, stop = kafka_for_tests(tmp_path_factory.mktemp("kafka"))
-    pytestconfig.stash[KAFKA_DESCRIPTION] = description
-    try:
-        yield bootstrap
-    finally:
-        stop()
+    with service_directory("kafka") as directory:
+        bootstrap, description, stop = kafka_for_tests(directory)
+        pytestconfig.stash[KAFKA_DESCRIPTION] = description
+        try:
+            yield bootstrap
+        finally:
+            stop()
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
