@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -43,6 +46,17 @@ async def running(projector: Projector) -> AsyncIterator[Projector]:
     finally:
         stop.set()
         await asyncio.wait_for(task, timeout=30)
+
+
+def projector_process(kafka: str, url: str, topic: str, *options: str) -> subprocess.Popen[bytes]:
+    """`runevents project` in an OS process of its own (group mode, fast group joins)."""
+    command = [sys.executable, "-m", "runevents.cli", "project", "--kafka", kafka, "--database", url]
+    return subprocess.Popen(
+        [*command, "--topic", topic, "--session-timeout-ms", "2000", *options],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
 
 
 @pytest.fixture

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,7 +22,7 @@ from runevents.store import open_store
 from runevents.store.bus import BusRunEventStore
 from runevents.store.read_your_writes import ProjectionTimeout
 from runevents.topic import create_topic, dead_letter_topic
-from tests.bus.conftest import PARTITIONS, running
+from tests.bus.conftest import PARTITIONS, projector_process, running
 
 
 def event(thread: str, n: int, **extra: Any) -> dict[str, Any]:
@@ -210,32 +207,10 @@ async def test_an_event_larger_than_the_topic_takes_is_refused_before_it_is_sent
         await store.close()
 
 
-def _projector_process(kafka: str, url: str, topic: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "runevents.cli",
-            "project",
-            "--kafka",
-            kafka,
-            "--database",
-            url,
-            "--topic",
-            topic,
-            "--session-timeout-ms",
-            "2000",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-
-
 async def test_projectors_in_separate_processes_share_the_topic_in_a_group(
     bus_store: BusRunEventStore, kafka_bootstrap: str, bus_db: str, topic: str
 ):
-    processes = [_projector_process(kafka_bootstrap, bus_db, topic) for _ in range(2)]
+    processes = [projector_process(kafka_bootstrap, bus_db, topic) for _ in range(2)]
     try:
         writers = [[event(f"t{(w * 7 + n) % 10}", w * 1000 + n) for n in range(60)] for w in range(4)]
 

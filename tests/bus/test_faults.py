@@ -1,0 +1,113 @@
+"""The bus under the ordinary faults: projectors stopped and killed mid-batch, the broker unreachable."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runevents.devstack.broker import LocalBroker
+from runevents.producer import BrokerUnavailableError
+from runevents.store.bus import BusRunEventStore
+from runevents.topic import create_topic
+from tests.bus.conftest import projector_process
+from tests.bus.test_projector import assert_gap_free, event, fetch
+
+TOTAL = 20_000
+THREADS = 40
+
+
+async def projected(url: str) -> int:
+    """How many events the read tables hold."""
+    return int((await fetch(url, "SELECT count(*) FROM run_events"))[0][0])
+
+
+async def wait_for_rows(url: str, at_least: int, *, within_s: float = 60) -> int:
+    """Wait until the read tables hold at least `at_least` events; return how many."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        count = await projected(url)
+        if count >= at_least:
+            return count
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"fewer than {at_least} events projected within {within_s}s")
+
+
+def stopped(process: subprocess.Popen[bytes], how: signal.Signals) -> tuple[int, str]:
+    """Send `how`, wait for the process to end; its exit code and output."""
+    process.send_signal(how)
+    output, _ = process.communicate(timeout=60)
+    return process.returncode, output.decode(errors="replace")
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+async def test_a_projector_stopped_mid_ingest_and_restarted_projects_every_event_exactly_once(
+    bus_store: BusRunEventStore, kafka_bootstrap: str, bus_db: str, topic: str, how: signal.Signals
+):
+    events = [event(f"t{n % THREADS}", n) for n in range(TOTAL)]
+    for start in range(0, TOTAL, 2000):
+        await bus_store.publish_batch(events[start : start + 2000])
+
+    first = projector_process(kafka_bootstrap, bus_db, topic)
+    try:
+        seen = await wait_for_rows(bus_db, 1)
+    finally:
+        code, output = stopped(first, how)
+    assert seen < TOTAL, "the projector finished before it could be stopped mid-ingest"
+    if how == signal.SIGTERM:
+        assert code == 0, output  # finished (or abandoned) its batch and left the group
+    else:
+        assert code == -signal.SIGKILL
+    # Whatever committed before the stop is whole: gap-free, counters equal to rows.
+    at_stop = await projected(bus_db)
+    assert at_stop < TOTAL
+    await assert_gap_free(bus_db, at_stop)
+
+    second = projector_process(kafka_bootstrap, bus_db, topic)
+    try:
+        await wait_for_rows(bus_db, TOTAL)
+        # A moment more: anything applied twice would show now.
+        record = await bus_store.put(**event("t0", TOTAL))
+    finally:
+        code, output = stopped(second, signal.SIGTERM)
+    assert code == 0, output
+    await assert_gap_free(bus_db, TOTAL + 1)
+    assert record["seq"] == TOTAL // THREADS + 1
+    contents = await fetch(bus_db, "SELECT count(DISTINCT content) FROM run_events")
+    assert contents[0][0] == TOTAL + 1
+
+
+async def test_an_unreachable_broker_fails_a_put_in_time_with_one_error_naming_it(
+    bus_db: str, tmp_path: Path
+):
+    with LocalBroker(tmp_path / "broker") as broker:
+        servers = broker.bootstrap_servers
+        await create_topic(servers, "faults", partitions=1)
+        options: dict[str, Any] = {"request_timeout_ms": 2000}
+        store = BusRunEventStore(servers, bus_db, topic="faults", producer_options=options, wait_timeout_s=2)
+        try:
+            await store.publish(**event("t1", 0))  # connected, metadata cached
+            broker.stop()
+            started = time.monotonic()
+            with pytest.raises(BrokerUnavailableError) as raised:
+                await store.put(**event("t1", 1))
+            assert time.monotonic() - started < 15
+            message = str(raised.value)
+            assert servers in message
+            assert "\n" not in message
+        finally:
+            await store.close()
+
+    # Nothing reaches a store that never could connect either: one clear error at the first put.
+    store = BusRunEventStore(servers, bus_db, topic="faults")
+    try:
+        with pytest.raises(BrokerUnavailableError, match=f"cannot reach the Kafka broker at {servers}"):
+            await store.put(**event("t1", 2))
+    finally:
+        await store.close()
+    assert await projected(bus_db) == 0
