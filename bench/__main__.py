@@ -9,12 +9,13 @@ import argparse
 from collections.abc import Callable, Sequence
 from typing import Final
 
-from bench import jsonl_put, sql_put, sql_read
+from bench import bus_e2e, jsonl_put, sql_put, sql_read
 
 BENCHMARKS: Final[dict[str, Callable[[Sequence[str]], None]]] = {
     "jsonl_put": jsonl_put.main,
     "sql_put": sql_put.main,
     "sql_read": sql_read.main,
+    "bus_e2e": bus_e2e.main,
 }
 
 

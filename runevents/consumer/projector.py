@@ -23,7 +23,7 @@ from typing import Any, Final
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -60,9 +60,25 @@ RETRY_MAX_S: Final = 5.0
 _o = projection_offsets.c
 
 
-def notification(schema: str | None, projection: str, topic: str, partition: int, next_offset: int) -> str:
-    """The NOTIFY payload that says a projection's partition has reached `next_offset`."""
-    return "\t".join((schema or "", projection, topic, str(partition), str(next_offset)))
+# A NOTIFY payload must stay under 8000 bytes; a batch over many partitions is told in several.
+_NOTIFY_LIMIT: Final = 7000
+
+
+def notifications(
+    schema: str | None, projection: str, topic: str, reached: list[tuple[int, int]]
+) -> list[str]:
+    """NOTIFY payloads saying how far a projection got: `schema TAB projection TAB topic TAB p:o,p:o`."""
+    head = "\t".join((schema or "", projection, topic)) + "\t"
+    payloads: list[str] = []
+    parts: list[str] = []
+    for partition, next_offset in reached:
+        parts.append(f"{partition}:{next_offset}")
+        if len(head) + sum(len(part) + 1 for part in parts) > _NOTIFY_LIMIT:
+            payloads.append(head + ",".join(parts))
+            parts = []
+    if parts:
+        payloads.append(head + ",".join(parts))
+    return payloads
 
 
 class StaleBatchError(Exception):
@@ -93,12 +109,20 @@ class Projector:
         self._schema = schema
         # With `partitions`, this projector owns them outright (no group); else the group shares them.
         self._partitions = None if partitions is None else list(partitions)
-        self._group_id = group_id or f"runevents-projector-{projection}"
+        # One group per projection of a topic: projectors of other topics never rebalance these.
+        self._group_id = group_id or f"runevents-projector-{projection}-{topic}"
         self._max_batch = max_batch
         self._max_trace_content = max_trace_content
         self._consumer_options = dict(consumer_options or {})
         self._client_options = dict(client_options or {})
         self._engine = engine_for(database_url, schema=schema, pool_size=2)
+        offsets = writes.qualified(projection_offsets, schema)
+        self._fence_sql = (
+            f"UPDATE {offsets} AS o SET next_offset = v.next_offset "
+            "FROM unnest($3::int[], $4::bigint[], $5::bigint[]) AS v(partition, start, next_offset) "
+            "WHERE o.projection = $1 AND o.topic = $2 AND o.partition = v.partition "
+            "AND o.next_offset = v.start RETURNING o.partition"
+        )
         # Stored, or stored and deleted since (tombstones are kept a while): either way, seen.
         self._dedupe_sql = " UNION ALL ".join(
             f"SELECT event_id::text FROM {writes.qualified(table, schema)} "
@@ -241,27 +265,31 @@ class Projector:
 
     async def _apply(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
         """Apply one fetched batch in one transaction; on a stale offset, roll back and seek again."""
-        moved: dict[TopicPartition, int] = {}
+        # (partition, its records not yet applied, where it starts, where it ends), in partition order.
+        owned: list[tuple[TopicPartition, list[ConsumerRecord], int, int]] = []
+        for tp, records in sorted(batch.items(), key=lambda item: item[0].partition):
+            start = self._positions.get(tp)
+            if start is None:
+                continue  # revoked while fetched
+            fresh = [record for record in records if record.offset >= start]
+            if fresh:
+                owned.append((tp, fresh, start, fresh[-1].offset + 1))
+        if not owned:
+            return
         # Counted into `projected` and `dead` only once the batch commits.
         self._batch_projected = self._batch_dead = 0
         try:
             async with self._engine.begin() as connection:
-                # One lock order (by partition) for every projector: two that share a partition for a
-                # moment, in a rebalance, queue on its offset row instead of deadlocking.
-                for tp, records in sorted(batch.items(), key=lambda item: item[0].partition):
-                    start = self._positions.get(tp)
-                    if start is None:
-                        continue  # revoked while fetched
-                    fresh = [record for record in records if record.offset >= start]
-                    if not fresh:
-                        continue
-                    end = fresh[-1].offset + 1
-                    await self._fence(connection, tp, start, end)
-                    await self._apply_partition(connection, tp, fresh)
-                    moved[tp] = end
+                await self._fence(connection, owned)
                 raw: Any = (await connection.get_raw_connection()).driver_connection
-                for tp, end in moved.items():
-                    payload = notification(self._schema, self.projection, self.topic, tp.partition, end)
+                # Partitions hold disjoint threads, so their puts go in together (one COPY); an op is
+                # applied after everything before it in its partition, which is all log order asks.
+                puts: list[PreparedEvent] = []
+                for tp, records, _, _ in owned:
+                    await self._apply_partition(connection, tp, records, puts)
+                await self._insert_puts(connection, puts)
+                reached = [(tp.partition, end) for tp, _, _, end in owned]
+                for payload in notifications(self._schema, self.projection, self.topic, reached):
                     # Delivered at commit, and only if it commits.
                     await raw.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, payload)
         except StaleBatchError as exc:
@@ -269,31 +297,52 @@ class Projector:
             log.warning("%s; rolled the batch back and seeking to the stored offsets", exc)
             await self._seek_to_stored(sorted(self._positions, key=lambda tp: tp.partition))
             return
-        self._positions.update((tp, end) for tp, end in moved.items() if tp in self._positions)
+        for tp, _, _, end in owned:
+            if tp in self._positions:
+                self._positions[tp] = end
         self.projected += self._batch_projected
         self.dead += self._batch_dead
 
-    async def _fence(self, connection: AsyncConnection, tp: TopicPartition, start: int, end: int) -> None:
-        moved = await connection.execute(
-            update(projection_offsets)
-            .where(
-                _o.projection == self.projection,
-                _o.topic == self.topic,
-                _o.partition == tp.partition,
-                _o.next_offset == start,
-            )
-            .values(next_offset=end)
+    async def _fence(
+        self, connection: AsyncConnection, owned: list[tuple[TopicPartition, list[ConsumerRecord], int, int]]
+    ) -> None:
+        """Move every partition's stored offset from its start to its end, or raise if one has moved."""
+        partitions = [tp.partition for tp, _, _, _ in owned]
+        # Rows locked in partition order first: two projectors sharing partitions for a moment, in a
+        # rebalance, queue on them instead of deadlocking. Through SQLAlchemy, as the transaction's
+        # first statement: its asyncpg adapter issues BEGIN only then, and what runs on the raw
+        # connection before it would commit on its own.
+        await connection.execute(
+            select(_o.partition)
+            .where(_o.projection == self.projection, _o.topic == self.topic, _o.partition.in_(partitions))
+            .order_by(_o.partition)
+            .with_for_update()
         )
-        if moved.rowcount != 1:
+        raw: Any = (await connection.get_raw_connection()).driver_connection
+        moved = await raw.fetch(
+            self._fence_sql,
+            self.projection,
+            self.topic,
+            partitions,
+            [start for _, _, start, _ in owned],
+            [end for _, _, _, end in owned],
+        )
+        if len(moved) != len(owned):
+            stale = sorted(set(partitions) - {row[0] for row in moved})
+            starts = {tp.partition: start for tp, _, start, _ in owned}
             raise StaleBatchError(
-                f"partition {tp.partition} of {self.topic!r} is no longer at offset {start} "
+                f"partition {stale[0]} of {self.topic!r} is no longer at offset {starts[stale[0]]} "
                 f"in projection {self.projection!r}"
             )
 
     async def _apply_partition(
-        self, connection: AsyncConnection, tp: TopicPartition, records: list[ConsumerRecord]
+        self,
+        connection: AsyncConnection,
+        tp: TopicPartition,
+        records: list[ConsumerRecord],
+        puts: list[PreparedEvent],
     ) -> None:
-        puts: list[PreparedEvent] = []
+        """Decode a partition's records: puts join `puts`; ops and dead letters are applied in order."""
         for record in records:
             try:
                 decoded = decode_record(record.value, max_trace_content=self._max_trace_content)
@@ -311,9 +360,8 @@ class Projector:
                 continue
             # Everything before an op is applied before it: log order is the order of effects.
             await self._insert_puts(connection, puts)
-            puts = []
+            puts.clear()
             await self._apply_op(connection, decoded)
-        await self._insert_puts(connection, puts)
 
     async def _insert_puts(self, connection: AsyncConnection, puts: list[PreparedEvent]) -> None:
         if not puts:

@@ -127,9 +127,11 @@ class ProjectionWatcher:
         self._waiters[partition] = still
 
     def _notified(self, connection: Any, pid: int, channel: str, payload: str) -> None:
-        schema, projection, topic, partition, next_offset = payload.split("\t")
+        schema, projection, topic, reached = payload.split("\t")
         if (schema or None, projection, topic) == (self._schema, self._projection, self._topic):
-            self._advance(int(partition), int(next_offset))
+            for part in reached.split(","):
+                partition, next_offset = part.split(":")
+                self._advance(int(partition), int(next_offset))
 
     async def _poll(self) -> None:
         connection: asyncpg.Connection | None = None

@@ -162,6 +162,10 @@ async def insert_events_postgresql(
     connection: asyncpg.Connection, events: Sequence[PreparedEvent], schema: str | None
 ) -> list[Record]:
     """Reserve seqs for `events` from their threads' counters and COPY their rows; return the records."""
+    if not connection.is_in_transaction():
+        # Outside a transaction the counters would commit apart from the rows: a crash between them
+        # would leave a gap in seq. Whoever calls this owns the transaction.
+        raise RuntimeError("insert_events_postgresql must run inside the caller's transaction")
     thread_ids, sizes, messages = thread_counts(events)
     reserved = await connection.fetch(
         advance_counters_sql(schema),

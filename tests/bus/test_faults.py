@@ -27,13 +27,18 @@ async def projected(url: str) -> int:
     return int((await fetch(url, "SELECT count(*) FROM run_events"))[0][0])
 
 
-async def wait_for_rows(url: str, at_least: int, *, within_s: float = 60) -> int:
+async def wait_for_rows(
+    url: str, at_least: int, process: subprocess.Popen[bytes], *, within_s: float = 60
+) -> int:
     """Wait until the read tables hold at least `at_least` events; return how many."""
     deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
         count = await projected(url)
         if count >= at_least:
             return count
+        if process.poll() is not None:
+            output = process.stdout.read().decode(errors="replace") if process.stdout else ""
+            raise AssertionError(f"the projector exited ({process.returncode}) at {count} events:\n{output}")
         await asyncio.sleep(0.02)
     raise AssertionError(f"fewer than {at_least} events projected within {within_s}s")
 
@@ -55,7 +60,7 @@ async def test_a_projector_stopped_mid_ingest_and_restarted_projects_every_event
 
     first = projector_process(kafka_bootstrap, bus_db, topic)
     try:
-        seen = await wait_for_rows(bus_db, 1)
+        seen = await wait_for_rows(bus_db, 1, first)
     finally:
         code, output = stopped(first, how)
     assert seen < TOTAL, "the projector finished before it could be stopped mid-ingest"
@@ -70,7 +75,7 @@ async def test_a_projector_stopped_mid_ingest_and_restarted_projects_every_event
 
     second = projector_process(kafka_bootstrap, bus_db, topic)
     try:
-        await wait_for_rows(bus_db, TOTAL)
+        await wait_for_rows(bus_db, TOTAL, second)
         # A moment more: anything applied twice would show now.
         record = await bus_store.put(**event("t0", TOTAL))
     finally:

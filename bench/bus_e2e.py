@@ -1,0 +1,229 @@
+"""Benchmark: the bus end to end, against a raw COPY of the same rows into the same table.
+
+In one run on one PostgreSQL and one broker: (1) drain: a topic pre-filled with events, then two
+projectors (OS processes, one consumer group) started and timed until every event is committed to
+the read tables; (2) live: writers publishing while the projectors run, timed from the first publish
+to the last event committed; (3) `put` with read-your-writes from 64 coroutines on distinct threads.
+Each is set against a raw asyncpg COPY of the same number of rows into a copy of `run_events`,
+measured in the same repetition. The first numbers of the bus; the next issue's targets are ratios
+to that COPY.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import asyncpg
+from sqlalchemy.engine import URL
+
+from bench.sql_put import COLUMNS, libpq_dsn, load, make_event, postgres_server, scratch_database, table_row
+from runevents.devstack.broker import LocalBroker
+from runevents.store.bus import BusRunEventStore
+from runevents.topic import create_topic
+
+KAFKA_ENV: Final = "RUNEVENTS_BENCH_KAFKA"
+PARTITIONS: Final = 12
+PROJECTORS: Final = 2
+THREADS: Final = 1_000
+PUBLISHERS: Final = 4
+PUBLISH_BATCH: Final = 500
+COROUTINES: Final = 64
+COPY_SCHEMA: Final = "bench_copy"
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Events per measurement and repetitions."""
+
+    drained: int
+    live: int
+    puts: int
+    repetitions: int
+
+
+DEFAULT: Final = Workload(drained=100_000, live=50_000, puts=3_200, repetitions=3)
+QUICK: Final = Workload(drained=20_000, live=10_000, puts=640, repetitions=1)
+
+
+@contextlib.contextmanager
+def broker() -> Iterator[tuple[str, str]]:
+    """The broker to run on: `RUNEVENTS_BENCH_KAFKA`, or a throwaway local Tansu."""
+    named = os.environ.get(KAFKA_ENV)
+    if named:
+        yield named, f"{KAFKA_ENV} ({named})"
+        return
+    with (
+        tempfile.TemporaryDirectory(prefix="runevents-bench-kafka-") as scratch,
+        LocalBroker(Path(scratch)) as local,
+    ):
+        yield local.bootstrap_servers, f"local Tansu at {local.bootstrap_servers}, memory storage"
+
+
+def events(count: int, tag: str) -> list[dict[str, Any]]:
+    """`count` events over `THREADS` threads, in the shape the sql benchmarks write (about 600 bytes)."""
+    return [make_event(f"{tag}-{n % THREADS:04d}", f"run-{tag}", n) for n in range(count)]
+
+
+@contextlib.contextmanager
+def projectors(kafka: str, url: URL, topic: str) -> Iterator[None]:
+    """`PROJECTORS` projector processes in one group; stopped with SIGTERM at the end."""
+    command = [sys.executable, "-m", "runevents.cli", "project", "--kafka", kafka]
+    processes = [
+        subprocess.Popen(
+            [*command, "--database", libpq_dsn(url), "--topic", topic, "--session-timeout-ms", "2000"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(PROJECTORS)
+    ]
+    try:
+        yield
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            process.wait(timeout=60)
+
+
+async def rows(admin: asyncpg.Connection) -> int:
+    """Events in the read tables (from the counters: one row per thread, not a scan)."""
+    return int(await admin.fetchval("SELECT coalesce(sum(event_count), 0) FROM thread_counters"))
+
+
+async def until_rows(admin: asyncpg.Connection, count: int) -> None:
+    """Return once the read tables hold `count` events."""
+    while await rows(admin) < count:  # noqa: ASYNC110 (polling the database, not waiting on this process)
+        await asyncio.sleep(0.01)
+
+
+async def publish(store: BusRunEventStore, batch: Sequence[dict[str, Any]]) -> None:
+    """Publish `batch` in chunks from `PUBLISHERS` concurrent publishers."""
+    chunks = iter(range(0, len(batch), PUBLISH_BATCH))
+
+    async def publisher() -> None:
+        for start in chunks:
+            await store.publish_batch(batch[start : start + PUBLISH_BATCH])
+
+    await asyncio.gather(*(publisher() for _ in range(PUBLISHERS)))
+
+
+async def copy_rate(admin: asyncpg.Connection, count: int) -> float:
+    """Rows/s of a raw COPY of `count` rows like the bus writes, into an empty copy of run_events."""
+    await admin.execute(f"TRUNCATE {COPY_SCHEMA}.run_events")
+    seqs: dict[str, int] = {}
+    records = []
+    for event in events(count, "copy"):
+        seqs[event["thread_id"]] = seq = seqs.get(event["thread_id"], 0) + 1
+        records.append(table_row(event, seq))
+    started = time.perf_counter()
+    await admin.copy_records_to_table("run_events", records=records, columns=COLUMNS, schema_name=COPY_SCHEMA)
+    return count / (time.perf_counter() - started)
+
+
+async def empty(admin: asyncpg.Connection) -> None:
+    """Empty the read tables and the projection's offsets."""
+    await admin.execute(
+        "TRUNCATE run_events, thread_counters, projection_offsets, op_results, deleted_events"
+    )
+
+
+async def repetition(kafka: str, url: URL, admin: asyncpg.Connection, work: Workload) -> dict[str, float]:
+    """One round of the three measurements and their COPY baselines; events/s by name."""
+    rates: dict[str, float] = {}
+
+    async def fresh_topic() -> str:
+        topic = f"bench-{uuid.uuid4().hex[:10]}"
+        await create_topic(kafka, topic, partitions=PARTITIONS)
+        await empty(admin)
+        return topic
+
+    # (1) drain a pre-filled topic
+    topic = await fresh_topic()
+    store = BusRunEventStore(kafka, libpq_dsn(url), topic=topic)
+    try:
+        await publish(store, events(work.drained, "drain"))
+        started = time.perf_counter()
+        with projectors(kafka, url, topic):
+            await until_rows(admin, work.drained)
+            rates["drain"] = work.drained / (time.perf_counter() - started)
+    finally:
+        await store.close()
+    rates["drain copy"] = await copy_rate(admin, work.drained)
+
+    # (2) live writers, projectors running; (3) put with read-your-writes
+    topic = await fresh_topic()
+    store = BusRunEventStore(kafka, libpq_dsn(url), topic=topic)
+    try:
+        with projectors(kafka, url, topic):
+            await store.put(**make_event("warm-up", "run-warm", 0))  # the group has its partitions
+            base = await rows(admin)
+            started = time.perf_counter()
+            await publish(store, events(work.live, "live"))
+            await until_rows(admin, base + work.live)
+            rates["live"] = work.live / (time.perf_counter() - started)
+
+            per_lane = work.puts // COROUTINES
+
+            async def lane(number: int) -> None:
+                for n in range(per_lane):
+                    await store.put(**make_event(f"put-{number:02d}", "run-put", n))
+
+            started = time.perf_counter()
+            await asyncio.gather(*(lane(number) for number in range(COROUTINES)))
+            rates["put"] = per_lane * COROUTINES / (time.perf_counter() - started)
+    finally:
+        await store.close()
+    rates["live copy"] = await copy_rate(admin, work.live)
+    rates["put copy"] = await copy_rate(admin, work.puts)
+    return rates
+
+
+async def run(kafka: str, kafka_description: str, server: URL, description: str, work: Workload) -> None:
+    """Set up, run every repetition and print the report."""
+    print(f"runevents bench bus_e2e: median of {work.repetitions}, {os.cpu_count()} CPUs")
+    print(f"PostgreSQL: {description}; Kafka: {kafka_description}")
+    print(f"a topic of {PARTITIONS} partitions; {PROJECTORS} projector processes in one group")
+    async with scratch_database(server) as url:
+        admin = await asyncpg.connect(libpq_dsn(url))
+        try:
+            await admin.execute(f"CREATE SCHEMA {COPY_SCHEMA}")
+            await admin.execute(f"CREATE TABLE {COPY_SCHEMA}.run_events (LIKE run_events INCLUDING ALL)")
+            print(f"load average before: {load()}")
+            runs = [await repetition(kafka, url, admin, work) for _ in range(work.repetitions)]
+            print(f"load average after:  {load()}")
+        finally:
+            await admin.close()
+    print(f"{'':44}{'bus ev/s':>10}{'COPY ev/s':>11}{'bus/COPY':>10}")
+    labels = {
+        "drain": f"drain: {work.drained:,} pre-published events",
+        "live": f"live: {work.live:,} published while projecting",
+        "put": f"put, read-your-writes, {COROUTINES} coroutines",
+    }
+    for name, label in labels.items():
+        bus = statistics.median(run[name] for run in runs)
+        copy = statistics.median(run[f"{name} copy"] for run in runs)
+        ratio = statistics.median(run[name] / run[f"{name} copy"] for run in runs)
+        print(f"{label:44}{bus:>10,.0f}{copy:>11,.0f}{ratio:>10.3f}")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Parse the command line, start or name the servers, and run the benchmark."""
+    parser = argparse.ArgumentParser(prog="python -m bench bus_e2e", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer events, one repetition: a smoke test")
+    args = parser.parse_args(argv)
+    with broker() as (kafka, kafka_description), postgres_server() as (server, description):
+        asyncio.run(run(kafka, kafka_description, server, description, QUICK if args.quick else DEFAULT))
