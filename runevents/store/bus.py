@@ -11,11 +11,14 @@ acknowledged will be projected and the error says which were not acknowledged.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
+import asyncpg
 from pydantic import TypeAdapter, ValidationError
-from sqlalchemy import select, tuple_
+from sqlalchemy import select
+from sqlalchemy.engine import make_url
 
 from runevents.consumer.projector import DEFAULT_PROJECTION
 from runevents.errors import RunEventsError
@@ -30,6 +33,8 @@ from runevents.events import (
     prepare_events,
 )
 from runevents.producer import EventProducer, Published
+from runevents.store import writes
+from runevents.store.group_commit import GroupCommitter
 from runevents.store.query import RECORD_COLUMNS, ReadTablesStore
 from runevents.store.read_your_writes import DEFAULT_POLL_INTERVAL_S, ProjectionWatcher
 from runevents.store.schema import deleted_events, op_results, run_events
@@ -37,6 +42,7 @@ from runevents.store.sql import engine_for
 from runevents.topic import DEFAULT_TOPIC
 
 DEFAULT_WAIT_S: Final = 30.0
+LOOKUP_CONNECTIONS: Final = 2
 _e = run_events.c
 _r = op_results.c
 _ID: Final[TypeAdapter[str]] = TypeAdapter(Id)
@@ -79,6 +85,17 @@ class BusRunEventStore(ReadTablesStore):
         self._watcher = ProjectionWatcher(
             database_url, projection=projection, topic=topic, schema=schema, poll_interval_s=poll_interval_s
         )
+        self._dsn = make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+        self._lookup_sql = " UNION ALL ".join(
+            f"SELECT event_id::text, seq FROM {writes.qualified(table, schema)} "
+            "WHERE (thread_id, event_id) IN (SELECT * FROM unnest($1::text[], $2::uuid[]))"
+            for table in (run_events, deleted_events)
+        )
+        self._lookup_pool: asyncpg.Pool | None = None
+        self._lookup_lock = asyncio.Lock()
+        self._lookups: GroupCommitter[tuple[str, str], int | None] = GroupCommitter(
+            self._lookup_seqs, concurrency=LOOKUP_CONNECTIONS
+        )
 
     @property
     def producer(self) -> EventProducer:
@@ -88,7 +105,10 @@ class BusRunEventStore(ReadTablesStore):
     async def close(self) -> None:
         """Flush the producer and close the listener and the connection pool."""
         await self._producer.stop()
+        await self._lookups.close()
         await self._watcher.close()
+        if self._lookup_pool is not None:
+            await self._lookup_pool.close()
         await self._engine.dispose()
 
     async def publish_batch(self, events: Sequence[Mapping[str, Any]]) -> list[Published]:
@@ -120,27 +140,32 @@ class BusRunEventStore(ReadTablesStore):
 
     async def _projected_seqs(self, events: Sequence[PreparedEvent]) -> dict[str, int]:
         """The seq the projector gave each event (also when a delete has removed it since)."""
+        # The record is what was published, numbered: only its seq needs reading back. Concurrent
+        # writers' lookups share one query (many puts waiting on one projector batch would
+        # otherwise each pay a query of their own).
         wanted = [(event.thread_id, event.event_id) for event in events]
-        seqs: dict[str, int] = {}
-        # The record is what was published, numbered: only its seq needs reading back.
-        for table in (run_events, deleted_events):
-            unseen = [pair for pair in wanted if pair[1] not in seqs]
-            if not unseen:
-                break
-            columns = table.c
-            rows = await self._rows(
-                select(columns.event_id, columns.seq).where(
-                    tuple_(columns.thread_id, columns.event_id).in_(unseen)
-                )
-            )
-            seqs.update((str(event_id), int(seq)) for event_id, seq in rows)
-        missing = [event_id for _, event_id in wanted if event_id not in seqs]
+        found = await self._lookups.submit(wanted)
+        missing = [event_id for (_, event_id), seq in zip(wanted, found, strict=True) if seq is None]
         if missing:
             raise ProjectedRecordMissingError(
                 f"{len(missing)} of {len(wanted)} events were projected but are not in the read tables "
                 f"(dead-lettered? see dead_letters), e.g. event_id {missing[0]}"
             )
-        return seqs
+        return {event_id: seq for (_, event_id), seq in zip(wanted, found, strict=True) if seq is not None}
+
+    async def _lookup_seqs(self, groups: list[Sequence[tuple[str, str]]]) -> list[list[int | None]]:
+        """One query for the seqs of every waiting writer's events, in the read tables or tombstones."""
+        pairs = [pair for group in groups for pair in group]
+        async with self._lookup_lock:
+            if self._lookup_pool is None:
+                self._lookup_pool = await asyncpg.create_pool(
+                    self._dsn, min_size=0, max_size=LOOKUP_CONNECTIONS
+                )
+        rows = await self._lookup_pool.fetch(
+            self._lookup_sql, [thread_id for thread_id, _ in pairs], [event_id for _, event_id in pairs]
+        )
+        seqs: dict[str, int] = {row[0]: row[1] for row in rows}
+        return [[seqs.get(event_id) for _, event_id in group] for group in groups]
 
     async def _op_result(self, published: Published) -> Any:
         await self._wait([published])
