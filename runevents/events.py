@@ -24,6 +24,7 @@ from pydantic import (
     Field,
     TypeAdapter,
     ValidationError,
+    WithJsonSchema,
 )
 
 from runevents.errors import InvalidEventError, RunEventsError
@@ -86,6 +87,12 @@ def _assume_utc(value: datetime) -> datetime:
 def _check_content(value: Any) -> Any:
     if not isinstance(value, str | dict | list):
         raise ValueError(f"must be a str, a dict or a list, got {type(value).__name__}")
+    return value
+
+
+def _check_metadata_object(value: Any) -> Any:
+    if not isinstance(value, dict):
+        raise ValueError(f"must be a dict, got {type(value).__name__}")
     return value
 
 
@@ -370,10 +377,14 @@ class PutEnvelope(_EnvelopeBase):
     run_id: Id
     event_type: EventType
     category: Category
-    content: str | dict[str, Any] | list[Any] = Field(
-        description="A string, or structured content (an OpenAI-format message is a dict)."
-    )
-    metadata: dict[str, Any]
+    # Typed Any and checked for its kind only: validating `dict[str, Any]` would walk and copy the
+    # whole document, the larger part of what decoding a record costs the projector.
+    content: Annotated[
+        Any,
+        AfterValidator(_check_content),
+        WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "object"}, {"type": "array"}]}),
+    ] = Field(description="A string, or structured content (an OpenAI-format message is a dict).")
+    metadata: Annotated[Any, AfterValidator(_check_metadata_object), WithJsonSchema({"type": "object"})]
     created_at: Annotated[datetime, AfterValidator(_require_aware)] = Field(
         description="ISO-8601 with an offset."
     )
