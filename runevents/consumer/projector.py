@@ -377,7 +377,7 @@ class Projector:
                 seen.add(event.event_id)
                 fresh.append(event)
         if fresh:
-            await writes.insert_events_postgresql(raw, fresh, self._schema)
+            await writes.insert_events_postgresql(raw, fresh, self._schema, records=False)
             self._batch_projected += len(fresh)
 
     async def _apply_op(
