@@ -10,8 +10,9 @@ option for brokers that have it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -32,6 +33,22 @@ from runevents.events import (
 from runevents.topic import DEFAULT_TOPIC, max_message_bytes
 
 log = logging.getLogger(__name__)
+_SENDER_LOG: Final = logging.getLogger("aiokafka.producer.sender")
+
+
+@contextlib.contextmanager
+def _quiet(logger: logging.Logger, *, when: bool) -> Iterator[None]:
+    """Hold `logger` back to CRITICAL while the block runs, if `when`."""
+    if not when:
+        yield
+        return
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
 
 # (event_id, thread_id, value, headers) of one record to send.
 _Outgoing = tuple[str, str, bytes, list[tuple[str, bytes]]]
@@ -107,7 +124,9 @@ class EventProducer:
                     )
                 idempotent = self._idempotence is not False
                 try:
-                    producer = await self._connect(idempotent)
+                    # aiokafka logs a refusal as an error of its own; the warning below says it once.
+                    with _quiet(_SENDER_LOG, when=self._idempotence is None):
+                        producer = await self._connect(idempotent)
                 except UnknownError as exc:
                     if self._idempotence:
                         raise BrokerUnavailableError(
