@@ -684,6 +684,9 @@ def project(
 
 async def _project(projector: Projector) -> None:
     """Run the projector until SIGTERM or SIGINT, then let it finish its batch and leave the group."""
+    # Its own lines (assignments, stale batches, dead letters) at INFO; the Kafka client's at WARNING.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

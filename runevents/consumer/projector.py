@@ -140,6 +140,7 @@ class Projector:
         self.stale_batches = 0
         self._batch_projected = 0
         self._batch_dead = 0
+        self._first_dead: str | None = None
 
     @property
     def assignment(self) -> set[TopicPartition]:
@@ -258,10 +259,23 @@ class Projector:
         for tp in partitions:
             self._positions[tp] = stored[tp.partition]
             self._consumer.seek(tp, stored[tp.partition])
+        log.info(
+            "projection %r of %r: at %s (partition: next offset)",
+            self.projection,
+            self.topic,
+            {tp.partition: stored[tp.partition] for tp in partitions},
+        )
 
     def _forget(self, partitions: Sequence[TopicPartition]) -> None:
         for tp in partitions:
             self._positions.pop(tp, None)
+        if partitions:
+            log.info(
+                "projection %r of %r: gave up partitions %s",
+                self.projection,
+                self.topic,
+                sorted(tp.partition for tp in partitions),
+            )
 
     async def _apply(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
         """Apply one fetched batch in one transaction; on a stale offset, roll back and seek again."""
@@ -278,6 +292,7 @@ class Projector:
             return
         # Counted into `projected` and `dead` only once the batch commits.
         self._batch_projected = self._batch_dead = 0
+        self._first_dead = None
         try:
             async with self._engine.begin() as connection:
                 await self._fence(connection, owned)
@@ -302,6 +317,13 @@ class Projector:
                 self._positions[tp] = end
         self.projected += self._batch_projected
         self.dead += self._batch_dead
+        if self._batch_dead:
+            # One line a batch, not one a record: a burst of garbage must not flood the log.
+            log.warning(
+                "%d records of this batch went to the dead letters (the first at %s)",
+                self._batch_dead,
+                self._first_dead,
+            )
 
     async def _fence(
         self, connection: AsyncConnection, owned: list[tuple[TopicPartition, list[ConsumerRecord], int, int]]
@@ -442,7 +464,8 @@ class Projector:
             .on_conflict_do_nothing()
         )
         self._batch_dead += 1
-        log.warning("dead letter at %s/%d/%d: %s", tp.topic, tp.partition, record.offset, reason)
+        if self._first_dead is None:
+            self._first_dead = f"{tp.topic}/{tp.partition}/{record.offset}: {reason}"
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
