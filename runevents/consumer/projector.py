@@ -281,6 +281,12 @@ class Projector:
         """Apply one fetched batch in one transaction; on a stale offset, roll back and seek again."""
         # (partition, its records not yet applied, where it starts, where it ends), in partition order.
         owned: list[tuple[TopicPartition, list[ConsumerRecord], int, int]] = []
+        assert self._consumer is not None
+        unplaced = [tp for tp in batch if tp not in self._positions and tp in self._consumer.assignment()]
+        if unplaced:
+            # Assigned, but its stored offset was never read: read it and fetch from there.
+            await self._seek_to_stored(unplaced)
+            return
         for tp, records in sorted(batch.items(), key=lambda item: item[0].partition):
             start = self._positions.get(tp)
             if start is None:
@@ -479,4 +485,14 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
             self._projector._forget(list(revoked))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        await self._projector._seek_to_stored(list(assigned))
+        # aiokafka only logs a listener's failure: a partition that never got its stored offset
+        # would then be skipped for good. Keep trying until the database answers.
+        delay = RETRY_FIRST_S
+        while True:
+            try:
+                await self._projector._seek_to_stored(list(assigned))
+                return
+            except DATABASE_ERRORS as exc:
+                log.warning("reading the stored offsets of new partitions failed (%s); trying again", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)

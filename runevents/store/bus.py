@@ -12,7 +12,8 @@ acknowledged will be projected and the error says which were not acknowledged.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Final
 
 import asyncpg
@@ -38,7 +39,7 @@ from runevents.store.group_commit import GroupCommitter
 from runevents.store.query import RECORD_COLUMNS, ReadTablesStore
 from runevents.store.read_your_writes import DEFAULT_POLL_INTERVAL_S, ProjectionWatcher
 from runevents.store.schema import deleted_events, op_results, run_events
-from runevents.store.sql import engine_for
+from runevents.store.sql import DATABASE_ERRORS, engine_for, reason_of
 from runevents.topic import DEFAULT_TOPIC
 
 DEFAULT_WAIT_S: Final = 30.0
@@ -46,6 +47,10 @@ LOOKUP_CONNECTIONS: Final = 2
 _e = run_events.c
 _r = op_results.c
 _ID: Final[TypeAdapter[str]] = TypeAdapter(Id)
+
+
+class ReadTablesUnavailableError(RunEventsError):
+    """The read tables' database did not answer; the message says whether anything was published."""
 
 
 class ProjectedRecordMissingError(RunEventsError):
@@ -132,11 +137,34 @@ class BusRunEventStore(ReadTablesStore):
         prepared = prepare_events(events, max_trace_content=self._max_trace_content)
         if not prepared:
             return []
-        await self._ready()
+        await self._ready_to_publish()
         published = await self._producer.publish_puts(prepared)
-        await self._wait(published)
-        seqs = await self._projected_seqs(prepared)
+        async with self._reading_back(published):
+            await self._wait(published)
+            seqs = await self._projected_seqs(prepared)
         return [make_record(event, seqs[event.event_id]) for event in prepared]
+
+    async def _ready_to_publish(self) -> None:
+        """Check the read tables before publishing, so a write that cannot be read back is not sent."""
+        try:
+            await self._ready()
+        except DATABASE_ERRORS as exc:
+            raise ReadTablesUnavailableError(
+                f"cannot reach the read tables' database ({reason_of(exc)}); nothing was published"
+            ) from exc
+
+    @contextlib.asynccontextmanager
+    async def _reading_back(self, published: Sequence[Published]) -> AsyncIterator[None]:
+        """Turn a database failure after publishing into an error that says the events are durable."""
+        try:
+            yield
+        except DATABASE_ERRORS as exc:
+            where = ", ".join(f"{record.partition}:{record.offset}" for record in published[:3])
+            raise ReadTablesUnavailableError(
+                f"{len(published)} records are durable on the topic (partition:offset {where}"
+                f"{', ...' if len(published) > 3 else ''}) but their projection could not be read "
+                f"({reason_of(exc)}); they will appear once a projector applies them"
+            ) from exc
 
     async def _projected_seqs(self, events: Sequence[PreparedEvent]) -> dict[str, int]:
         """The seq the projector gave each event (also when a delete has removed it since)."""
@@ -168,12 +196,13 @@ class BusRunEventStore(ReadTablesStore):
         return [[seqs.get(event_id) for _, event_id in group] for group in groups]
 
     async def _op_result(self, published: Published) -> Any:
-        await self._wait([published])
-        rows = await self._rows(
-            select(_r.removed, _r.seq, _r.created).where(
-                _r.thread_id == published.thread_id, _r.event_id == published.event_id
+        async with self._reading_back([published]):
+            await self._wait([published])
+            rows = await self._rows(
+                select(_r.removed, _r.seq, _r.created).where(
+                    _r.thread_id == published.thread_id, _r.event_id == published.event_id
+                )
             )
-        )
         if not rows:
             raise ProjectedRecordMissingError(
                 f"op {published.event_id} on thread {published.thread_id!r} was projected but left no "
@@ -183,14 +212,15 @@ class BusRunEventStore(ReadTablesStore):
 
     async def _put_if_absent(self, event: Mapping[str, Any]) -> tuple[Record, bool]:
         prepared = prepare_event(event, max_trace_content=self._max_trace_content)
-        await self._ready()
+        await self._ready_to_publish()
         (published,) = await self._producer.publish_puts([prepared], op=PUT_IF_ABSENT)
         result = await self._op_result(published)
         if result.created:
             return make_record(prepared, result.seq), True
-        records = await self._records(
-            select(*RECORD_COLUMNS).where(_e.thread_id == prepared.thread_id, _e.seq == result.seq)
-        )
+        async with self._reading_back([published]):
+            records = await self._records(
+                select(*RECORD_COLUMNS).where(_e.thread_id == prepared.thread_id, _e.seq == result.seq)
+            )
         if not records:
             raise ProjectedRecordMissingError(
                 f"put_if_absent on thread {prepared.thread_id!r} resolved to seq {result.seq}, "
@@ -202,7 +232,7 @@ class BusRunEventStore(ReadTablesStore):
         """Delete a thread's records and reset its seq; return how many were removed."""
         if not _is_valid_id(thread_id):
             return 0  # no event was ever stored under an id a put would refuse
-        await self._ready()
+        await self._ready_to_publish()
         result = await self._op_result(await self._producer.publish_delete(thread_id))
         return int(result.removed)
 
@@ -210,6 +240,6 @@ class BusRunEventStore(ReadTablesStore):
         """Delete a run's records (the thread's seq goes on); return how many were removed."""
         if not (_is_valid_id(thread_id) and _is_valid_id(run_id)):
             return 0
-        await self._ready()
+        await self._ready_to_publish()
         result = await self._op_result(await self._producer.publish_delete(thread_id, run_id))
         return int(result.removed)

@@ -62,15 +62,20 @@ class ProjectionWatcher:
         async with self._starting:
             if self._poller is not None:
                 return
-            self._listener = await asyncpg.connect(self._dsn)
-            await self._listener.add_listener(NOTIFY_CHANNEL, self._notified)
+            await self._listen()
             self._poller = asyncio.create_task(self._poll())
+
+    async def _listen(self) -> None:
+        """(Re)open the LISTEN connection."""
+        self._listener = await asyncpg.connect(self._dsn)
+        await self._listener.add_listener(NOTIFY_CHANNEL, self._notified)
 
     async def close(self) -> None:
         """Stop listening and polling; anyone still waiting gets a `ProjectionTimeout`-free cancel."""
         if self._poller is not None:
             self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            # The poller never ends on its own; whatever it ended with, closing goes on.
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._poller
             self._poller = None
         if self._listener is not None:
@@ -144,14 +149,21 @@ class ProjectionWatcher:
                 if not any(self._waiters.values()):
                     continue
                 try:
+                    if self._listener is None or self._listener.is_closed():
+                        # The server ended it (a restart, a killed backend): notifications resume.
+                        await self._listen()
                     if connection is None or connection.is_closed():
                         connection = await asyncpg.connect(self._dsn)
                     for partition, next_offset in await connection.fetch(
                         self._poll_sql, self._projection, self._topic
                     ):
                         self._advance(partition, next_offset)
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                # Any failure, asyncpg's InternalClientError included: the poller is the waiters'
+                # fallback and must outlive whatever the database does.
+                except Exception as exc:
                     log.warning("polling the projection's offsets failed (%s); trying again", exc)
+                    if connection is not None:
+                        connection.terminate()
                     connection = None
         finally:
             if connection is not None:

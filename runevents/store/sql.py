@@ -44,10 +44,18 @@ _e = run_events.c
 
 
 # COPY goes to asyncpg directly, so its errors arrive unwrapped by SQLAlchemy.
-DATABASE_ERRORS: Final = (DBAPIError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# asyncpg's InternalClientError: a connection the server ended mid-operation can surface as one.
+DATABASE_ERRORS: Final = (
+    DBAPIError,
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
 
 
-def _reason(error: BaseException) -> str:
+def reason_of(error: BaseException) -> str:
+    """The first line of what the database (or driver) said went wrong."""
     return str(error.orig if isinstance(error, DBAPIError) else error).splitlines()[0]
 
 
@@ -148,7 +156,7 @@ class SqlRunEventStore(ReadTablesStore):
                 records = await self._flush_sqlite(flat)
         except DATABASE_ERRORS as exc:
             raise WriteFailedError(
-                f"writing {len(flat)} events failed and was rolled back, nothing was stored: {_reason(exc)}"
+                f"writing {len(flat)} events failed and was rolled back, nothing was stored: {reason_of(exc)}"
             ) from exc
         results: list[list[Record]] = []
         start = 0
@@ -185,7 +193,7 @@ class SqlRunEventStore(ReadTablesStore):
                 await transaction.commit()
             except DATABASE_ERRORS as exc:
                 raise CommitOutcomeUnknown(
-                    f"the commit of {len(events)} events failed ({_reason(exc)}); "
+                    f"the commit of {len(events)} events failed ({reason_of(exc)}); "
                     "they may or may not be stored"
                 ) from exc
         return records
@@ -214,7 +222,7 @@ class SqlRunEventStore(ReadTablesStore):
             async with self._writer(), self._engine.begin() as connection:
                 yield connection
         except DATABASE_ERRORS as exc:
-            raise WriteFailedError(f"{what} failed and was rolled back: {_reason(exc)}") from exc
+            raise WriteFailedError(f"{what} failed and was rolled back: {reason_of(exc)}") from exc
 
     async def _put_if_absent(self, event: Mapping[str, Any]) -> tuple[Record, bool]:
         prepared = prepare_event(event, max_trace_content=self._max_trace_content)

@@ -1,0 +1,153 @@
+"""Projector processes under test: started, killed, paused, and watched for a batch in flight."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+
+from tests.bus.conftest import projector_process
+
+# Backends of this database inside a transaction that has written (or locked) rows: a batch in flight.
+# The projector's first statement of a batch locks its offset rows, which assigns the transaction id.
+_WRITING_BACKENDS = (
+    "SELECT client_port FROM pg_stat_activity "
+    "WHERE datname = current_database() AND backend_xid IS NOT NULL AND pid <> pg_backend_pid()"
+)
+
+PORTS_TTL_S = 0.5
+
+
+def local_tcp_ports(pid: int) -> set[int]:
+    """The local TCP ports of process `pid`'s sockets (what pg_stat_activity calls client_port)."""
+    inodes: set[str] = set()
+    try:
+        descriptors = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return set()
+    for descriptor in descriptors:
+        try:
+            target = os.readlink(descriptor)
+        except OSError:
+            continue  # closed meanwhile
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:[") : -1])
+    ports: set[int] = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[9] in inodes:
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+class ProjectorProcess:
+    """One `runevents project` process, its output collected as it comes (so a full pipe never blocks it)."""
+
+    def __init__(self, name: str, process: subprocess.Popen[bytes]) -> None:
+        self.name = name
+        self.process = process
+        self._lines: list[bytes] = []
+        self._reader = threading.Thread(target=self._drain, name=f"output of {name}", daemon=True)
+        self._reader.start()
+        # Its sockets' local ports, looked up again at most every PORTS_TTL_S (a lookup reads /proc).
+        self._ports: set[int] = set()
+        self._ports_read = 0.0
+
+    def _drain(self) -> None:
+        assert self.process.stdout is not None
+        with self.process.stdout:
+            for line in iter(self.process.stdout.readline, b""):
+                self._lines.append(line)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def ports(self) -> set[int]:
+        """The local ports of the process's TCP connections (recent, not necessarily current)."""
+        if time.monotonic() - self._ports_read > PORTS_TTL_S:
+            self._ports, self._ports_read = local_tcp_ports(self.pid), time.monotonic()
+        return self._ports
+
+    def output(self) -> str:
+        """Everything the process printed so far (its log goes to stderr, merged into stdout)."""
+        return b"".join(self._lines).decode(errors="replace")
+
+    def ended(self, how: signal.Signals, *, within_s: float = 60) -> int:
+        """Send `how`, wait for the process to end and its output to be read; its exit code."""
+        self.process.send_signal(how)
+        code = self.process.wait(timeout=within_s)
+        self._reader.join(timeout=10)
+        return code
+
+    def wait_killed(self) -> None:
+        """Kill the process if it still runs, and collect it."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(timeout=30)
+        self._reader.join(timeout=10)
+
+
+class ProjectorFleet:
+    """The projector processes of one projection; fails loudly when one dies on its own."""
+
+    def __init__(self, kafka: str, url: str, topic: str, *options: str) -> None:
+        self._command = (kafka, url, topic, *options)
+        self.live: list[ProjectorProcess] = []
+        self.ended: list[tuple[ProjectorProcess, int]] = []
+        self.started = 0
+
+    def __enter__(self) -> ProjectorFleet:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for projector in self.live:
+            projector.wait_killed()
+
+    def start(self) -> ProjectorProcess:
+        self.started += 1
+        projector = ProjectorProcess(f"projector-{self.started}", projector_process(*self._command))
+        self.live.append(projector)
+        return projector
+
+    def stop(self, projector: ProjectorProcess, how: signal.Signals) -> int:
+        """End one projector with `how`; its exit code."""
+        self.live.remove(projector)
+        code = projector.ended(how)
+        self.ended.append((projector, code))
+        return code
+
+    def stop_all(self) -> None:
+        """SIGTERM every live projector; each must finish its batch and exit 0."""
+        for projector in list(self.live):
+            code = self.stop(projector, signal.SIGTERM)
+            assert code == 0, f"{projector.name} exited {code} on SIGTERM:\n{projector.output()}"
+
+    def check_alive(self) -> None:
+        """Fail, with its output, if a live projector has exited without being told to."""
+        for projector in self.live:
+            code = projector.process.poll()
+            if code is not None:
+                raise AssertionError(f"{projector.name} exited on its own ({code}):\n{projector.output()}")
+
+    def outputs(self) -> Iterator[str]:
+        for projector in [*self.live, *(p for p, _ in self.ended)]:
+            yield f"--- {projector.name}:\n{projector.output()[-3000:]}"
+
+    async def in_batch(self, probe: asyncpg.Connection) -> list[ProjectorProcess]:
+        """The live projectors with a batch's transaction open in the database right now."""
+        busy = {row[0] for row in await probe.fetch(_WRITING_BACKENDS)}
+        if not busy:
+            return []
+        return [projector for projector in self.live if projector.ports() & busy]
