@@ -3,7 +3,9 @@
 In one run on one PostgreSQL and one broker: (1) drain: a topic pre-filled with events, then two
 projectors (OS processes, one consumer group) started and timed until every event is committed to
 the read tables; (2) live: writers publishing while the projectors run, timed from the first publish
-to the last event committed; (3) `put` with read-your-writes from 64 coroutines on distinct threads.
+to the last event committed; (3) `put` with read-your-writes from 64 coroutines on distinct
+threads; and the latency of one `put` at a time against a raw aiokafka `send_and_wait` to the same
+broker.
 Each is set against a raw asyncpg COPY of the same number of rows into a copy of `run_events`,
 measured in the same repetition. The first numbers of the bus; the next issue's targets are ratios
 to that COPY.
@@ -28,6 +30,8 @@ from pathlib import Path
 from typing import Any, Final
 
 import asyncpg
+import orjson
+from aiokafka import AIOKafkaProducer
 from sqlalchemy.engine import URL
 
 from bench.sql_put import COLUMNS, libpq_dsn, load, make_event, postgres_server, scratch_database, table_row
@@ -52,11 +56,12 @@ class Workload:
     drained: int
     live: int
     puts: int
+    latency_samples: int
     repetitions: int
 
 
-DEFAULT: Final = Workload(drained=100_000, live=50_000, puts=3_200, repetitions=3)
-QUICK: Final = Workload(drained=20_000, live=10_000, puts=640, repetitions=1)
+DEFAULT: Final = Workload(drained=100_000, live=50_000, puts=3_200, latency_samples=300, repetitions=3)
+QUICK: Final = Workload(drained=20_000, live=10_000, puts=640, latency_samples=100, repetitions=1)
 
 
 @contextlib.contextmanager
@@ -119,6 +124,36 @@ async def publish(store: BusRunEventStore, batch: Sequence[dict[str, Any]]) -> N
             await store.publish_batch(batch[start : start + PUBLISH_BATCH])
 
     await asyncio.gather(*(publisher() for _ in range(PUBLISHERS)))
+
+
+async def latencies(store: BusRunEventStore, kafka: str, topic: str, samples: int) -> dict[str, float]:
+    """p50/p99 ms of one `put` at a time (read-your-writes) and of a raw aiokafka `send_and_wait`."""
+    puts = []
+    for n in range(samples):
+        started = time.perf_counter()
+        await store.put(**make_event("latency", "run-latency", n))
+        puts.append(time.perf_counter() - started)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka, acks="all", compression_type="lz4", linger_ms=5)
+    await producer.start()
+    sends = []
+    try:
+        value = orjson.dumps(make_event("latency-raw", "run-latency", 0))
+        for _ in range(samples):
+            started = time.perf_counter()
+            await producer.send_and_wait(topic, value=value, key=b"latency-raw")
+            sends.append(time.perf_counter() - started)
+    finally:
+        await producer.stop()
+
+    def quantile(values: list[float], q: int) -> float:
+        return statistics.quantiles(values, n=100)[q - 1] * 1000
+
+    return {
+        "put p50": quantile(puts, 50),
+        "put p99": quantile(puts, 99),
+        "send p50": quantile(sends, 50),
+        "send p99": quantile(sends, 99),
+    }
 
 
 async def copy_rate(admin: asyncpg.Connection, count: int) -> float:
@@ -185,6 +220,7 @@ async def repetition(kafka: str, url: URL, admin: asyncpg.Connection, work: Work
             started = time.perf_counter()
             await asyncio.gather(*(lane(number) for number in range(COROUTINES)))
             rates["put"] = per_lane * COROUTINES / (time.perf_counter() - started)
+            rates.update(await latencies(store, kafka, topic, work.latency_samples))
     finally:
         await store.close()
     rates["live copy"] = await copy_rate(admin, work.live)
@@ -218,6 +254,16 @@ async def run(kafka: str, kafka_description: str, server: URL, description: str,
         copy = statistics.median(run[f"{name} copy"] for run in runs)
         ratio = statistics.median(run[name] / run[f"{name} copy"] for run in runs)
         print(f"{label:44}{bus:>10,.0f}{copy:>11,.0f}{ratio:>10.3f}")
+
+    def median(key: str) -> float:
+        return statistics.median(run[key] for run in runs)
+
+    p50 = statistics.median(run["put p50"] / run["send p50"] for run in runs)
+    print(
+        f"latency, one at a time ({work.latency_samples} each): put p50 {median('put p50'):.1f} ms, "
+        f"p99 {median('put p99'):.1f} ms; raw send_and_wait p50 {median('send p50'):.1f} ms, "
+        f"p99 {median('send p99'):.1f} ms; put/send p50 {p50:.1f}x (issue 6: <= 3x)"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
