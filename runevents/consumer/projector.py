@@ -41,7 +41,6 @@ from runevents.store.schema import (
     deleted_events,
     op_results,
     projection_offsets,
-    run_events,
 )
 from runevents.store.sql import DATABASE_ERRORS, engine_for
 from runevents.topic import DEFAULT_TOPIC, dead_letter_topic
@@ -123,12 +122,8 @@ class Projector:
             "WHERE o.projection = $1 AND o.topic = $2 AND o.partition = v.partition "
             "AND o.next_offset = v.start RETURNING o.partition"
         )
-        # Stored, or stored and deleted since (tombstones are kept a while): either way, seen.
-        self._dedupe_sql = " UNION ALL ".join(
-            f"SELECT event_id::text FROM {writes.qualified(table, schema)} "
-            "WHERE (thread_id, event_id) IN (SELECT * FROM unnest($1::text[], $2::uuid[]))"
-            for table in (run_events, deleted_events)
-        )
+        # Stored, or stored and deleted since: either way, seen.
+        self._dedupe_sql = writes.projected_seqs_sql(schema)
         # Where each owned partition's stored offset stands, as this projector last read or wrote it.
         self._positions: dict[TopicPartition, int] = {}
         # Held while a batch is applied, so a revocation waits for the batch to commit or roll back.

@@ -19,7 +19,6 @@ from typing import Any, Final
 import asyncpg
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import select
-from sqlalchemy.engine import make_url
 
 from runevents.consumer.projector import DEFAULT_PROJECTION
 from runevents.errors import RunEventsError
@@ -38,7 +37,7 @@ from runevents.store import writes
 from runevents.store.group_commit import GroupCommitter
 from runevents.store.query import RECORD_COLUMNS, ReadTablesStore
 from runevents.store.read_your_writes import DEFAULT_POLL_INTERVAL_S, ProjectionWatcher
-from runevents.store.schema import deleted_events, op_results, run_events
+from runevents.store.schema import op_results, run_events
 from runevents.store.sql import DATABASE_ERRORS, engine_for, reason_of
 from runevents.topic import DEFAULT_TOPIC
 
@@ -90,12 +89,8 @@ class BusRunEventStore(ReadTablesStore):
         self._watcher = ProjectionWatcher(
             database_url, projection=projection, topic=topic, schema=schema, poll_interval_s=poll_interval_s
         )
-        self._dsn = make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
-        self._lookup_sql = " UNION ALL ".join(
-            f"SELECT event_id::text, seq FROM {writes.qualified(table, schema)} "
-            "WHERE (thread_id, event_id) IN (SELECT * FROM unnest($1::text[], $2::uuid[]))"
-            for table in (run_events, deleted_events)
-        )
+        self._dsn = writes.libpq_dsn(database_url)
+        self._lookup_sql = writes.projected_seqs_sql(schema)
         self._lookup_pool: asyncpg.Pool | None = None
         self._lookup_lock = asyncio.Lock()
         self._lookups: GroupCommitter[tuple[str, str], int | None] = GroupCommitter(

@@ -13,7 +13,6 @@ from collections import defaultdict
 from typing import Any, Final
 
 import asyncpg
-from sqlalchemy.engine import make_url
 
 from runevents.consumer.projector import NOTIFY_CHANNEL
 from runevents.errors import RunEventsError
@@ -41,7 +40,7 @@ class ProjectionWatcher:
         schema: str | None = None,
         poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
     ) -> None:
-        self._dsn = make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
+        self._dsn = writes.libpq_dsn(database_url)
         self._projection = projection
         self._topic = topic
         self._schema = schema

@@ -169,7 +169,7 @@ class SqlRunEventStore(ReadTablesStore):
         """The asyncpg pool of the PostgreSQL write path, opened on first use."""
         async with self._write_pool_lock:
             if self._write_pool is None:
-                dsn = self._engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+                dsn = writes.libpq_dsn(self._engine.url)
                 self._write_pool = await asyncpg.create_pool(
                     dsn, min_size=0, max_size=self._write_concurrency
                 )

@@ -27,6 +27,7 @@ from sqlalchemy import (
     true,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from runevents.events import MESSAGE_CATEGORY, PreparedEvent, Record, make_record, message_id_of
@@ -38,6 +39,22 @@ MAX_INDEXED_MESSAGE_ID: Final = 512
 _c = thread_counters.c
 _e = run_events.c
 _PG: Final = postgresql.dialect()  # type: ignore[no-untyped-call]
+
+
+def libpq_dsn(url: str | URL) -> str:
+    """A SQLAlchemy PostgreSQL URL as the plain DSN asyncpg connects with."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@functools.cache
+def projected_seqs_sql(schema: str | None) -> str:
+    """PostgreSQL text giving (event_id, seq) of events ($1 thread ids, $2 event ids) stored or
+    deleted since (tombstones are kept a while): what the projector dedupes on and writers read back."""
+    return " UNION ALL ".join(
+        f"SELECT event_id::text, seq FROM {qualified(table, schema)} "
+        "WHERE (thread_id, event_id) IN (SELECT * FROM unnest($1::text[], $2::uuid[]))"
+        for table in (run_events, deleted_events)
+    )
 
 
 def qualified(table: Table, schema: str | None) -> str:
