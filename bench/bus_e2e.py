@@ -2,13 +2,13 @@
 
 In one run on one PostgreSQL and one broker: (1) drain: a topic pre-filled with events, then two
 projectors (OS processes, one consumer group) started and timed until every event is committed to
-the read tables; (2) live: writers publishing while the projectors run, timed from the first publish
-to the last event committed; (3) `put` with read-your-writes from 64 coroutines on distinct
-threads; and the latency of one `put` at a time against a raw aiokafka `send_and_wait` to the same
-broker.
-Each is set against a raw asyncpg COPY of the same number of rows into a copy of `run_events`,
-measured in the same repetition. The first numbers of the bus; the next issue's targets are ratios
-to that COPY.
+the read tables, with the projectors' peak RSS, and again with a small backlog to compare the RSS;
+(2) live: writers publishing while the projectors run, timed from the first publish to the last
+event committed; (3) `put` with read-your-writes from 64 coroutines, on distinct threads and on one
+hot thread; and the latency of one `put` at a time against a raw aiokafka `send_and_wait` to the
+same broker.
+Each rate is set against a raw asyncpg COPY of the same number of rows into a copy of `run_events`,
+measured in the same repetition, and printed beside issue 6's target for that ratio.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from sqlalchemy.engine import URL
 
 from bench.sql_put import COLUMNS, libpq_dsn, load, make_event, postgres_server, scratch_database, table_row
 from runevents.devstack.broker import LocalBroker
+from runevents.heap import HEAP_TOP_PAD
 from runevents.store.bus import BusRunEventStore
 from runevents.topic import create_topic
 
@@ -54,14 +55,23 @@ class Workload:
     """Events per measurement and repetitions."""
 
     drained: int
+    small_drain: int
     live: int
     puts: int
     latency_samples: int
     repetitions: int
 
 
-DEFAULT: Final = Workload(drained=100_000, live=50_000, puts=3_200, latency_samples=300, repetitions=3)
-QUICK: Final = Workload(drained=20_000, live=10_000, puts=640, latency_samples=100, repetitions=1)
+DEFAULT: Final = Workload(
+    drained=1_000_000, small_drain=10_000, live=100_000, puts=3_200, latency_samples=300, repetitions=3
+)
+QUICK: Final = Workload(
+    drained=50_000, small_drain=5_000, live=20_000, puts=640, latency_samples=100, repetitions=1
+)
+# Issue 6's targets: each rate as a share of the COPY of as many rows, and the two bounds.
+TARGETS: Final = {"drain": 0.60, "live": 0.40, "put": 0.063, "hot": 0.034}
+LATENCY_TARGET: Final = 3.0  # put p50 / send_and_wait p50
+RSS_TARGET: Final = 2.0  # projector peak RSS, large backlog / small backlog
 
 
 @contextlib.contextmanager
@@ -84,7 +94,7 @@ def events(count: int, tag: str) -> list[dict[str, Any]]:
 
 
 @contextlib.contextmanager
-def projectors(kafka: str, url: URL, topic: str) -> Iterator[None]:
+def projectors(kafka: str, url: URL, topic: str) -> Iterator[list[subprocess.Popen[bytes]]]:
     """`PROJECTORS` projector processes in one group; stopped with SIGTERM at the end."""
     command = [sys.executable, "-m", "runevents.cli", "project", "--kafka", kafka]
     processes = [
@@ -96,12 +106,22 @@ def projectors(kafka: str, url: URL, topic: str) -> Iterator[None]:
         for _ in range(PROJECTORS)
     ]
     try:
-        yield
+        yield processes
     finally:
         for process in processes:
             process.send_signal(signal.SIGTERM)
         for process in processes:
             process.wait(timeout=60)
+
+
+def peak_rss_mib(processes: Sequence[subprocess.Popen[bytes]]) -> float:
+    """The largest peak resident set (VmHWM) among `processes`, in MiB (Linux)."""
+    peaks = []
+    for process in processes:
+        status = Path(f"/proc/{process.pid}/status").read_text()
+        (line,) = [line for line in status.splitlines() if line.startswith("VmHWM:")]
+        peaks.append(int(line.split()[1]) / 1024)
+    return max(peaks)
 
 
 async def rows(admin: asyncpg.Connection) -> int:
@@ -176,8 +196,24 @@ async def empty(admin: asyncpg.Connection) -> None:
     )
 
 
+async def drain(
+    kafka: str, url: URL, admin: asyncpg.Connection, topic: str, count: int
+) -> tuple[float, float]:
+    """Events/s of projecting `count` pre-published events (group join included), and peak RSS MiB."""
+    store = BusRunEventStore(kafka, libpq_dsn(url), topic=topic)
+    try:
+        await publish(store, events(count, "drain"))
+    finally:
+        await store.close()
+    started = time.perf_counter()
+    with projectors(kafka, url, topic) as processes:
+        await until_rows(admin, count)
+        rate = count / (time.perf_counter() - started)
+        return rate, peak_rss_mib(processes)
+
+
 async def repetition(kafka: str, url: URL, admin: asyncpg.Connection, work: Workload) -> dict[str, float]:
-    """One round of the three measurements and their COPY baselines; events/s by name."""
+    """One round of the measurements and their COPY baselines; events/s (and ms, MiB) by name."""
     rates: dict[str, float] = {}
 
     async def fresh_topic() -> str:
@@ -186,18 +222,10 @@ async def repetition(kafka: str, url: URL, admin: asyncpg.Connection, work: Work
         await empty(admin)
         return topic
 
-    # (1) drain a pre-filled topic
-    topic = await fresh_topic()
-    store = BusRunEventStore(kafka, libpq_dsn(url), topic=topic)
-    try:
-        await publish(store, events(work.drained, "drain"))
-        started = time.perf_counter()
-        with projectors(kafka, url, topic):
-            await until_rows(admin, work.drained)
-            rates["drain"] = work.drained / (time.perf_counter() - started)
-    finally:
-        await store.close()
+    # (1) drain a pre-filled topic: a large backlog, then a small one for the memory comparison
+    rates["drain"], rates["rss large"] = await drain(kafka, url, admin, await fresh_topic(), work.drained)
     rates["drain copy"] = await copy_rate(admin, work.drained)
+    _, rates["rss small"] = await drain(kafka, url, admin, await fresh_topic(), work.small_drain)
 
     # (2) live writers, projectors running; (3) put with read-your-writes
     topic = await fresh_topic()
@@ -213,18 +241,21 @@ async def repetition(kafka: str, url: URL, admin: asyncpg.Connection, work: Work
 
             per_lane = work.puts // COROUTINES
 
-            async def lane(number: int) -> None:
+            async def lane(thread: str, number: int) -> None:
                 for n in range(per_lane):
-                    await store.put(**make_event(f"put-{number:02d}", "run-put", n))
+                    await store.put(**make_event(thread, f"run-{number:02d}", n))
 
-            started = time.perf_counter()
-            await asyncio.gather(*(lane(number) for number in range(COROUTINES)))
-            rates["put"] = per_lane * COROUTINES / (time.perf_counter() - started)
+            for name, thread in (("put", "put-{number:02d}"), ("hot", "hot")):
+                started = time.perf_counter()
+                await asyncio.gather(
+                    *(lane(thread.format(number=number), number) for number in range(COROUTINES))
+                )
+                rates[name] = per_lane * COROUTINES / (time.perf_counter() - started)
             rates.update(await latencies(store, kafka, topic, work.latency_samples))
     finally:
         await store.close()
     rates["live copy"] = await copy_rate(admin, work.live)
-    rates["put copy"] = await copy_rate(admin, work.puts)
+    rates["put copy"] = rates["hot copy"] = await copy_rate(admin, work.puts)
     return rates
 
 
@@ -233,6 +264,9 @@ async def run(kafka: str, kafka_description: str, server: URL, description: str,
     print(f"runevents bench bus_e2e: median of {work.repetitions}, {os.cpu_count()} CPUs")
     print(f"PostgreSQL: {description}; Kafka: {kafka_description}")
     print(f"a topic of {PARTITIONS} partitions; {PROJECTORS} projector processes in one group")
+    print(
+        f"heap: glibc M_TOP_PAD {HEAP_TOP_PAD >> 20} MiB in this process and the projectors (runevents.heap)"
+    )
     async with scratch_database(server) as url:
         admin = await asyncpg.connect(libpq_dsn(url))
         try:
@@ -243,17 +277,19 @@ async def run(kafka: str, kafka_description: str, server: URL, description: str,
             print(f"load average after:  {load()}")
         finally:
             await admin.close()
-    print(f"{'':44}{'bus ev/s':>10}{'COPY ev/s':>11}{'bus/COPY':>10}")
+    print(f"{'':46}{'bus ev/s':>10}{'COPY ev/s':>11}{'bus/COPY':>10}{'target':>8}")
     labels = {
         "drain": f"drain: {work.drained:,} pre-published events",
         "live": f"live: {work.live:,} published while projecting",
         "put": f"put, read-your-writes, {COROUTINES} coroutines",
+        "hot": f"put, read-your-writes, {COROUTINES} on one thread",
     }
     for name, label in labels.items():
         bus = statistics.median(run[name] for run in runs)
         copy = statistics.median(run[f"{name} copy"] for run in runs)
         ratio = statistics.median(run[name] / run[f"{name} copy"] for run in runs)
-        print(f"{label:44}{bus:>10,.0f}{copy:>11,.0f}{ratio:>10.3f}")
+        verdict = "met" if ratio >= TARGETS[name] else "MISSED"
+        print(f"{label:46}{bus:>10,.0f}{copy:>11,.0f}{ratio:>10.3f}{TARGETS[name]:>8.3f}  {verdict}")
 
     def median(key: str) -> float:
         return statistics.median(run[key] for run in runs)
@@ -262,7 +298,14 @@ async def run(kafka: str, kafka_description: str, server: URL, description: str,
     print(
         f"latency, one at a time ({work.latency_samples} each): put p50 {median('put p50'):.1f} ms, "
         f"p99 {median('put p99'):.1f} ms; raw send_and_wait p50 {median('send p50'):.1f} ms, "
-        f"p99 {median('send p99'):.1f} ms; put/send p50 {p50:.1f}x (issue 6: <= 3x)"
+        f"p99 {median('send p99'):.1f} ms; put/send p50 {p50:.1f}x (target <= {LATENCY_TARGET:.0f}x: "
+        f"{'met' if p50 <= LATENCY_TARGET else 'MISSED'})"
+    )
+    rss = statistics.median(run["rss large"] / run["rss small"] for run in runs)
+    print(
+        f"projector peak RSS: {median('rss large'):.0f} MiB draining {work.drained:,}, "
+        f"{median('rss small'):.0f} MiB draining {work.small_drain:,}; ratio {rss:.2f} "
+        f"(target <= {RSS_TARGET:.0f}: {'met' if rss <= RSS_TARGET else 'MISSED'})"
     )
 
 

@@ -41,6 +41,7 @@ from runevents.devstack.stack import (
 from runevents.errors import RunEventsError, StoreLockedError
 from runevents.events import MIDDLEWARE_CALLER_PREFIX, Record
 from runevents.fleet import RECEIPT, FleetSummary, run_fleet
+from runevents.heap import keep_heap_top
 from runevents.store import JsonlRunEventStore, RunEventStore, migrate
 from runevents.store.sql import engine_for
 from runevents.topic import DEFAULT_TOPIC
@@ -63,6 +64,8 @@ PROGRESS_TICK_S: Final = 0.25  # how often the bus demo's progress bar looks at 
 @app.callback()
 def main() -> None:
     """runevents: storage for the event streams of AI agent runs."""
+    # Every command runs in a process of runevents' own (a projector, the demo and its writers).
+    keep_heap_top()
 
 
 class Backend(StrEnum):

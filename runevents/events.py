@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
+import msgspec
 import orjson
 import uuid_utils
 from pydantic import (
@@ -255,7 +256,7 @@ def prepare_event(
 
 
 def _prepared(
-    event: EventInput | PutEnvelope,
+    event: EventInput | PutEnvelope | _FastPut,
     content: Content,
     content_json: bytes,
     metadata: dict[str, Any],
@@ -469,12 +470,70 @@ class UndecodableRecordError(RunEventsError):
         self.reason = reason
 
 
+# The projector's fast path for puts: msgspec decodes and checks a record in one pass, several times
+# faster than orjson then pydantic. It is never more lenient than `PutEnvelope`: it takes a subset
+# (RFC 3339 timestamps of at most microseconds, ids without forbidden characters) and declines
+# everything else, which the pydantic path then decodes or rejects with its reason. A test checks
+# that whatever it takes, the pydantic path decodes to the same event.
+_FastId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_LENGTH)]
+_RFC3339: Final = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?(Z|[+-]\d\d:\d\d)$"
+
+
+class _FastPut(msgspec.Struct, tag_field="op", tag=PUT, frozen=True):
+    v: Literal[1]
+    event_id: Annotated[str, msgspec.Meta(pattern=UUID_PATTERN)]
+    thread_id: _FastId
+    run_id: _FastId
+    event_type: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_EVENT_TYPE_LENGTH)]
+    category: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_CATEGORY_LENGTH)]
+    content: str | dict[str, Any] | list[Any]
+    metadata: dict[str, Any]
+    created_at: Annotated[str, msgspec.Meta(pattern=_RFC3339)]
+    user_id: _FastId | None = None
+
+
+class _FastPutIfAbsent(_FastPut, tag=PUT_IF_ABSENT, frozen=True):
+    pass
+
+
+_FAST_PUT: Final = msgspec.json.Decoder(_FastPut | _FastPutIfAbsent)
+
+
+def _decode_put_fast(
+    value: bytes, max_trace_content: int | None
+) -> PreparedEvent | tuple[str, PreparedEvent] | None:
+    """A put record decoded on the fast path, or None where only the pydantic path may decide."""
+    try:
+        put = _FAST_PUT.decode(value)
+        ids = put.thread_id + put.run_id + put.event_type + put.category + (put.user_id or "")
+        # Printable ASCII, the usual id, cannot hold a forbidden character; only others need the search.
+        if not (ids.isascii() and ids.isprintable()) and _FORBIDDEN_IN_TEXT.search(ids) is not None:
+            return None
+        created = datetime.fromisoformat(put.created_at).astimezone(UTC)
+        # orjson refuses what msgspec takes and JSON readers cannot (integers past 64 bits).
+        content_json, metadata_json = to_json(put.content), to_json(put.metadata)
+    except (msgspec.MsgspecError, ValueError, TypeError):
+        return None
+    prepared = _prepared(
+        put, put.content, content_json, put.metadata, metadata_json, put.event_id, created, max_trace_content
+    )
+    return (PUT_IF_ABSENT, prepared) if isinstance(put, _FastPutIfAbsent) else prepared
+
+
 def decode_record(
     value: bytes | None, *, max_trace_content: int | None = DEFAULT_MAX_TRACE_CONTENT
 ) -> PreparedEvent | DeleteThreadEnvelope | DeleteRunEnvelope | tuple[str, PreparedEvent]:
     """A topic record's value as a prepared put, `(PUT_IF_ABSENT, prepared)`, or a delete envelope."""
     if value is None:
         raise UndecodableRecordError("the record has no value")
+    fast = _decode_put_fast(value, max_trace_content)
+    return fast if fast is not None else _decode_validated(value, max_trace_content)
+
+
+def _decode_validated(
+    value: bytes, max_trace_content: int | None
+) -> PreparedEvent | DeleteThreadEnvelope | DeleteRunEnvelope | tuple[str, PreparedEvent]:
+    """Decode with the envelope's pydantic models, which say what is wrong with a bad record."""
     try:
         document = orjson.loads(value)
     except orjson.JSONDecodeError as exc:

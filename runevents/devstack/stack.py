@@ -35,6 +35,7 @@ from runevents.devstack.broker import LocalBroker
 from runevents.devstack.postgres import LocalPostgres
 from runevents.errors import RunEventsError
 from runevents.fleet import RECEIPT, FleetSummary, combine, run_fleet
+from runevents.heap import HEAP_TOP_PAD
 from runevents.store.bus import BusRunEventStore
 from runevents.store.migrate import upgrade_async
 from runevents.store.schema import projection_offsets, run_events, thread_counters
@@ -333,6 +334,7 @@ class DevStack:
         # The URL and servers travel in the environment, not argv, where `ps` would show a password.
         env = {**os.environ, DATABASE_ENV: self.database_url, KAFKA_ENV: self.bootstrap_servers}
         env["PYTHONUNBUFFERED"] = "1"
+        env.setdefault("MALLOC_TOP_PAD_", str(HEAP_TOP_PAD))  # see runevents.heap: writers too
         self.work_dir.mkdir(parents=True, exist_ok=True)
         with (self.work_dir / f"{name}.log").open("ab") as log:
             # A session of its own: a Ctrl-C at the terminal reaches only the demo, which then stops

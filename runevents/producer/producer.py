@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError, UnknownError
+from aiokafka.errors import KafkaError, KafkaTimeoutError, UnknownError
+from aiokafka.partitioner import DefaultPartitioner
 
 from runevents.errors import InvalidEventError, RunEventsError
 from runevents.events import (
@@ -52,6 +53,10 @@ def _quiet(logger: logging.Logger, *, when: bool) -> Iterator[None]:
 
 # (event_id, thread_id, value, headers) of one record to send.
 _Outgoing = tuple[str, str, bytes, list[tuple[str, bytes]]]
+
+_PARTITIONER: Final = DefaultPartitioner()
+# Threads whose partition is remembered; past that the memo starts again (it only saves hashing).
+_PARTITIONS_CACHED: Final = 100_000
 
 # What Kafka adds around a record's key, value and headers in a batch of one (v2 format), rounded up.
 _RECORD_OVERHEAD: Final = 128
@@ -106,6 +111,10 @@ class EventProducer:
         self._idempotence = enable_idempotence
         self._producer: AIOKafkaProducer | None = None
         self._starting = asyncio.Lock()
+        # thread id -> partition, for as many partitions as the topic had when they were computed.
+        self._partition_of: dict[str, int] = {}
+        self._partition_count = 0
+        self._partition_locks: dict[int, asyncio.Lock] = {}
 
     @property
     def max_message_bytes(self) -> int | None:
@@ -210,26 +219,84 @@ class EventProducer:
         assert self._max_message_bytes is not None
         return self._max_message_bytes
 
-    async def _send_all(
-        self, records: list[tuple[str, str, bytes, list[tuple[str, bytes]]]]
-    ) -> list[Published]:
+    async def _send_all(self, records: list[_Outgoing]) -> list[Published]:
         await self.start()
         producer = self._producer
         if producer is None:
             raise BrokerUnavailableError("the producer was stopped")
         try:
-            # send() only queues a record for its partition's next batch; the acks come after.
-            acks = [
-                await producer.send(self.topic, value=value, key=thread_id.encode(), headers=headers)
-                for _, thread_id, value, headers in records
-            ]
-            metadata = await asyncio.gather(*acks)
+            if len(records) == 1:
+                # One record: send() lets the linger gather it with other writers' records.
+                ((event_id, thread_id, value, headers),) = records
+                queued = await producer.send(self.topic, value=value, key=thread_id.encode(), headers=headers)
+                ack = await queued
+                return [Published(event_id, thread_id, ack.partition, ack.offset)]
+            return await self._send_batches(producer, records)
         except KafkaError as exc:
             raise BrokerUnavailableError(
                 f"publishing {len(records)} records to {self.topic!r} at {self._bootstrap_servers} failed "
                 f"({exc!r}); records not acknowledged may or may not be on the topic"
             ) from exc
-        return [
-            Published(event_id, thread_id, ack.partition, ack.offset)
-            for (event_id, thread_id, _, _), ack in zip(records, metadata, strict=True)
-        ]
+
+    async def _send_batches(self, producer: AIOKafkaProducer, records: list[_Outgoing]) -> list[Published]:
+        """Send many records as one record batch per partition, not one queued send per record."""
+        # A record sent on its own costs a partitioner call, a metadata check and a future of its own,
+        # more than encoding and validating it; a batch per partition pays those once. Partitioned as
+        # Kafka's default partitioner does (murmur2 of the key), so every producer agrees.
+        partitions = sorted(await producer.partitions_for(self.topic))
+        if self._partition_count != len(partitions):
+            self._partition_of.clear()
+            self._partition_count = len(partitions)
+        by_partition: dict[int, list[int]] = {}
+        for index, (_, thread_id, _, _) in enumerate(records):
+            partition = self._partition_of.get(thread_id)
+            if partition is None:
+                if len(self._partition_of) >= _PARTITIONS_CACHED:
+                    self._partition_of.clear()
+                partition = self._partition_of[thread_id] = _PARTITIONER(thread_id.encode(), partitions, None)
+            by_partition.setdefault(partition, []).append(index)
+        # (partition, indexes of the records in the batch, the batch's ack), in send order.
+        sent: list[tuple[int, list[int], asyncio.Future[Any]]] = []
+        deadline = asyncio.get_running_loop().time() + self._options["request_timeout_ms"] / 1000
+        for partition, indexes in by_partition.items():
+            batch, taken = producer.create_batch(), list[int]()
+            for index in indexes:
+                _, thread_id, value, headers = records[index]
+                key = thread_id.encode()
+                if batch.append(timestamp=None, key=key, value=value, headers=headers) is None:
+                    # Full: it goes, and the record starts the next one (which always takes one).
+                    sent.append(
+                        (partition, taken, await self._send_batch(producer, batch, partition, deadline))
+                    )
+                    batch, taken = producer.create_batch(), list[int]()
+                    batch.append(timestamp=None, key=key, value=value, headers=headers)
+                taken.append(index)
+            sent.append((partition, taken, await self._send_batch(producer, batch, partition, deadline)))
+        acks = await asyncio.gather(*(ack for _, _, ack in sent))
+        published: list[Published | None] = [None] * len(records)
+        for (partition, taken, _), ack in zip(sent, acks, strict=True):
+            # A batch's records take consecutive offsets from the one the broker gave the batch.
+            for position, index in enumerate(taken):
+                event_id, thread_id, _, _ = records[index]
+                published[index] = Published(event_id, thread_id, partition, ack.offset + position)
+        return [placed for placed in published if placed is not None]
+
+    async def _send_batch(
+        self, producer: AIOKafkaProducer, batch: Any, partition: int, deadline: float
+    ) -> asyncio.Future[Any]:
+        """Queue a batch for `partition`, one caller at a time, by `deadline`; the future of its ack."""
+        # aiokafka queues one batch per partition and makes the others wait in a loop that charges
+        # the time waited so far against the timeout again on every turn (add_batch in its
+        # message_accumulator): many publishers waiting there at once time out long before
+        # `request_timeout_ms`. Here they queue on a lock, and go on into aiokafka one at a time.
+        lock = self._partition_locks.setdefault(partition, asyncio.Lock())
+        try:
+            async with asyncio.timeout_at(deadline), lock:
+                future: asyncio.Future[Any] = await producer.send_batch(
+                    batch, self.topic, partition=partition
+                )
+        except TimeoutError:
+            raise KafkaTimeoutError(
+                f"partition {partition} took no batch within request_timeout_ms"
+            ) from None
+        return future

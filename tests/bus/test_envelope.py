@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from runevents import events
 from runevents.events import (
+    PUT,
     PUT_IF_ABSENT,
     SCHEMA_FILE,
     DeleteRunEnvelope,
@@ -96,3 +102,83 @@ def test_a_put_breaking_the_event_rules_is_refused_naming_the_field():
     document["created_at"] = "2026-01-01T00:00:00"
     with pytest.raises(UndecodableRecordError, match="created_at must be timezone-aware"):
         decode_record(orjson.dumps(document))
+
+
+# The projector decodes puts on a msgspec fast path and falls back to the pydantic models for
+# anything it declines. It must never take what the models refuse, nor decode anything differently.
+_TEXT = st.text(
+    alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=70
+) | st.sampled_from(["", "t1", "x" * 64, "x" * 65, "a\x00b", "tab\there", "é" * 64, "\x7f"])
+_TIMESTAMPS = (
+    st.sampled_from(
+        [
+            "2026-01-01T00:00:00+00:00",
+            "2026-01-01T00:00:00Z",
+            "2026-01-01T00:00:00z",
+            "2026-01-01T00:00:00.5+05:30",
+            "2026-01-01T00:00:00.123456-08:00",
+            "2026-01-01T00:00:00.1234567Z",
+            "2026-01-01 00:00:00+00:00",
+            "2026-01-01T00:00:00",
+            "2026-01-01T24:00:00Z",
+            "2026-02-30T00:00:00Z",
+            "2026-01-01T00:00:60Z",
+            "2026-01-01T00:00Z",
+            "2026-01-01T00:00:00+0100",
+            "2026-01-01T00:00:00+24:00",
+            "2026-01-01",
+        ]
+    )
+    | st.integers()
+    | st.none()
+)
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70) | st.floats() | _TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TEXT, inner, max_size=3),
+    max_leaves=8,
+)
+_FIELDS = {
+    "v": st.sampled_from([1, 1.0, True, 2, "1"]),
+    "op": st.sampled_from(["put", "put_if_absent", "delete_run", "PUT", 1]),
+    "event_id": st.sampled_from(
+        ["0190a5c6-0000-7000-8000-000000000001", "0190A5C6-0000-7000-8000-000000000001", "x"]
+    ),
+    "thread_id": _TEXT,
+    "run_id": _TEXT,
+    "event_type": _TEXT,
+    "category": st.sampled_from(["message", "trace", "x" * 17, ""]) | _TEXT,
+    "content": _JSON,
+    "metadata": _JSON,
+    "created_at": _TIMESTAMPS,
+    "user_id": st.none() | _TEXT,
+}
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    changes=st.dictionaries(st.sampled_from(sorted(_FIELDS)), st.none(), max_size=4).flatmap(
+        lambda chosen: st.fixed_dictionaries({name: _FIELDS[name] for name in chosen})
+    ),
+    dropped=st.sets(st.sampled_from(sorted(_FIELDS)), max_size=1),
+    trace_limit=st.sampled_from([None, 40]),
+)
+def test_the_fast_path_decodes_only_what_the_models_take_and_to_the_same_event(
+    changes: dict[str, Any], dropped: set[str], trace_limit: int | None
+):
+    document = orjson.loads(encode_put(prepare_event(EVENT))) | changes
+    for name in dropped:
+        document.pop(name, None)
+    try:
+        value = orjson.dumps(document)
+    except TypeError:
+        return  # not JSON that could be on a topic (an integer past 64 bits)
+    fast = events._decode_put_fast(value, trace_limit)
+    if fast is None:
+        return
+    assert events._decode_validated(value, trace_limit) == fast
+
+
+def test_the_fast_path_takes_what_the_producer_writes():
+    for op in (PUT, PUT_IF_ABSENT):
+        value = encode_put(prepare_event(EVENT), op)
+        assert events._decode_put_fast(value, None) is not None, f"a {op} record fell back to the slow path"
