@@ -106,9 +106,9 @@ def test_a_put_breaking_the_event_rules_is_refused_naming_the_field():
 
 # The projector decodes puts on a msgspec fast path and falls back to the pydantic models for
 # anything it declines. It must never take what the models refuse, nor decode anything differently.
-_TEXT = st.text(
-    alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=70
-) | st.sampled_from(["", "t1", "x" * 64, "x" * 65, "a\x00b", "tab\there", "é" * 64, "\x7f"])
+_TEXT = st.text(alphabet=st.characters(codec="utf-8"), max_size=70) | st.sampled_from(
+    ["", "t1", "x" * 64, "x" * 65, "a\x00b", "tab\there", "é" * 64, "\x7f"]
+)
 _TIMESTAMPS = (
     st.sampled_from(
         [
