@@ -23,7 +23,7 @@ from typing import Any, Final
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord
-from sqlalchemy import delete, select
+from sqlalchemy import BigInteger, Integer, Text, bindparam, delete, select, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -116,11 +116,26 @@ class Projector:
         self._client_options = dict(client_options or {})
         self._engine = engine_for(database_url, schema=schema, pool_size=2)
         offsets = writes.qualified(projection_offsets, schema)
-        self._fence_sql = (
-            f"UPDATE {offsets} AS o SET next_offset = v.next_offset "
-            "FROM unnest($3::int[], $4::bigint[], $5::bigint[]) AS v(partition, start, next_offset) "
-            "WHERE o.projection = $1 AND o.topic = $2 AND o.partition = v.partition "
-            "AND o.next_offset = v.start RETURNING o.partition"
+        # One statement a batch for the fence: lock the partitions' offset rows in partition order (two
+        # projectors sharing partitions for a moment, in a rebalance, queue on them instead of
+        # deadlocking; the update only touches rows locked first), move those still at the batch's
+        # start, and queue the NOTIFY that tells waiting writers (delivered only if the batch commits).
+        self._fence_sql = text(
+            "WITH locked AS MATERIALIZED ("
+            f"SELECT partition FROM {offsets} WHERE projection = :projection AND topic = :topic "
+            "AND partition = ANY(:partitions) ORDER BY partition FOR UPDATE), "
+            f"moved AS (UPDATE {offsets} AS o SET next_offset = v.next_offset "
+            "FROM unnest(:partitions, :starts, :ends) AS v(partition, start, next_offset) "
+            "WHERE o.projection = :projection AND o.topic = :topic AND o.partition = v.partition "
+            "AND o.next_offset = v.start AND o.partition IN (SELECT partition FROM locked) "
+            "RETURNING o.partition), "
+            "told AS (SELECT count(pg_notify(:channel, payload)) AS sent FROM unnest(:payloads) AS payload) "
+            "SELECT moved.partition FROM moved, told"
+        ).bindparams(
+            bindparam("partitions", type_=postgresql.ARRAY(Integer)),
+            bindparam("starts", type_=postgresql.ARRAY(BigInteger)),
+            bindparam("ends", type_=postgresql.ARRAY(BigInteger)),
+            bindparam("payloads", type_=postgresql.ARRAY(Text)),
         )
         # Stored, or stored and deleted since: either way, seen.
         self._dedupe_sql = writes.projected_seqs_sql(schema)
@@ -133,6 +148,9 @@ class Projector:
         self.projected = 0
         self.dead = 0
         self.stale_batches = 0
+        # Committed batches and the seconds spent applying them (decode, write, commit).
+        self.batches = 0
+        self.batch_seconds = 0.0
         self._batch_projected = 0
         self._batch_dead = 0
         self._first_dead: str | None = None
@@ -295,20 +313,16 @@ class Projector:
         # Counted into `projected` and `dead` only once the batch commits.
         self._batch_projected = self._batch_dead = 0
         self._first_dead = None
+        started = time.perf_counter()
         try:
             async with self._engine.begin() as connection:
                 await self._fence(connection, owned)
-                raw: Any = (await connection.get_raw_connection()).driver_connection
                 # Partitions hold disjoint threads, so their puts go in together (one COPY); an op is
                 # applied after everything before it in its partition, which is all log order asks.
                 puts: list[PreparedEvent] = []
                 for tp, records, _, _ in owned:
                     await self._apply_partition(connection, tp, records, puts)
                 await self._insert_puts(connection, puts)
-                reached = [(tp.partition, end) for tp, _, _, end in owned]
-                for payload in notifications(self._schema, self.projection, self.topic, reached):
-                    # Delivered at commit, and only if it commits.
-                    await raw.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, payload)
         except StaleBatchError as exc:
             self.stale_batches += 1
             log.warning("%s; rolled the batch back and seeking to the stored offsets", exc)
@@ -319,6 +333,15 @@ class Projector:
                 self._positions[tp] = end
         self.projected += self._batch_projected
         self.dead += self._batch_dead
+        elapsed = time.perf_counter() - started
+        self.batches += 1
+        self.batch_seconds += elapsed
+        log.debug(
+            "applied %d records of %d partitions in %.1f ms",
+            sum(len(records) for _, records, _, _ in owned),
+            len(owned),
+            elapsed * 1000,
+        )
         if self._batch_dead:
             # One line a batch, not one a record: a burst of garbage must not flood the log.
             log.warning(
@@ -332,27 +355,24 @@ class Projector:
     ) -> None:
         """Move every partition's stored offset from its start to its end, or raise if one has moved."""
         partitions = [tp.partition for tp, _, _, _ in owned]
-        # Rows locked in partition order first: two projectors sharing partitions for a moment, in a
-        # rebalance, queue on them instead of deadlocking. Through SQLAlchemy, as the transaction's
-        # first statement: its asyncpg adapter issues BEGIN only then, and what runs on the raw
-        # connection before it would commit on its own.
-        await connection.execute(
-            select(_o.partition)
-            .where(_o.projection == self.projection, _o.topic == self.topic, _o.partition.in_(partitions))
-            .order_by(_o.partition)
-            .with_for_update()
-        )
-        raw: Any = (await connection.get_raw_connection()).driver_connection
-        moved = await raw.fetch(
+        reached = [(tp.partition, end) for tp, _, _, end in owned]
+        # Through SQLAlchemy, as the transaction's first statement: its asyncpg adapter issues BEGIN
+        # only then, and what ran on the raw connection before it would commit on its own.
+        moved = await connection.execute(
             self._fence_sql,
-            self.projection,
-            self.topic,
-            partitions,
-            [start for _, _, start, _ in owned],
-            [end for _, _, _, end in owned],
+            {
+                "projection": self.projection,
+                "topic": self.topic,
+                "partitions": partitions,
+                "starts": [start for _, _, start, _ in owned],
+                "ends": [end for _, _, _, end in owned],
+                "channel": NOTIFY_CHANNEL,
+                "payloads": notifications(self._schema, self.projection, self.topic, reached),
+            },
         )
-        if len(moved) != len(owned):
-            stale = sorted(set(partitions) - {row[0] for row in moved})
+        fenced = {row[0] for row in moved}
+        if len(fenced) != len(owned):
+            stale = sorted(set(partitions) - fenced)
             starts = {tp.partition: start for tp, _, start, _ in owned}
             raise StaleBatchError(
                 f"partition {stale[0]} of {self.topic!r} is no longer at offset {starts[stale[0]]} "

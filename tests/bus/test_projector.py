@@ -172,6 +172,23 @@ async def test_two_projectors_owning_the_same_partitions_never_write_a_batch_twi
     assert first.projected + second.projected == 300
 
 
+async def test_writers_are_woken_by_the_commits_notification_not_by_polling(
+    bus_db: str, topic: str, kafka_bootstrap: str, make_projector: Callable[..., Projector]
+):
+    # Polling once a minute: only the NOTIFY the fence statement queues can return these puts fast.
+    store = BusRunEventStore(kafka_bootstrap, bus_db, topic=topic, poll_interval_s=60, wait_timeout_s=30)
+    try:
+        async with running(make_projector()):
+            await store.put(**event("t1", 0))  # the first wait also polls once, when it starts listening
+            started = time.monotonic()
+            records = [await store.put(**event("t1", n)) for n in range(1, 11)]
+            elapsed = time.monotonic() - started
+        assert [record["seq"] for record in records] == list(range(2, 12))
+        assert elapsed < 10, f"10 puts took {elapsed:.1f} s: woken by the poll, not by NOTIFY"
+    finally:
+        await store.close()
+
+
 async def test_a_put_without_a_projector_times_out_saying_the_event_is_durable(
     bus_db: str, topic: str, kafka_bootstrap: str, make_projector: Callable[..., Projector]
 ):
