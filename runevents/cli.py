@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Final, NoReturn
+from typing import Annotated, Any, Final
 
 import orjson
 import typer
@@ -25,10 +25,12 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
+from runevents.cli_support import error_line, fail
 from runevents.consumer import Projector
 from runevents.consumer.projector import DEFAULT_PROJECTION
+from runevents.dead_letters_cli import dead_letters_app
 from runevents.devstack.stack import (
     DATABASE_ENV,
     KAFKA_ENV,
@@ -53,6 +55,7 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="The read tables' database: create and upgrade them.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(dead_letters_app, name="dead-letters")
 
 PAGE: Final = 8  # messages per page in the demo (deer-flow's default is 50)
 RUN_ROWS: Final = 16  # events of the sample run shown before eliding the rest
@@ -366,7 +369,7 @@ def _run_bus_demo(
         try:
             password = make_url(database_url).password
         except ArgumentError:
-            _fail(f"{DATABASE_ENV} is not a database URL; expected e.g. postgresql://user@host/db")
+            fail(f"{DATABASE_ENV} is not a database URL; expected e.g. postgresql://user@host/db")
     work_dir = directory or Path(tempfile.mkdtemp(prefix="runevents-devstack-"))
     stack = DevStack(
         work_dir,
@@ -388,11 +391,11 @@ def _run_bus_demo(
     except KeyboardInterrupt:
         interrupted = True
     except DevStackError as error:
-        cause = f": {_error_line(error.__cause__, password)}" if error.__cause__ else ""
+        cause = f": {error_line(error.__cause__, password)}" if error.__cause__ else ""
         port = "; a port was taken while starting, run it again" if port_taken(error) else ""
         failure = f"{error}{cause}{port}"
     except (RunEventsError, SQLAlchemyError, KafkaError, OSError) as error:
-        failure = f"the demo failed: {_error_line(error, password)}"
+        failure = f"the demo failed: {error_line(error, password)}"
     finally:
         kafka_log.setLevel(level)
     logs = work_dir.is_dir() and any(work_dir.iterdir())
@@ -404,7 +407,7 @@ def _run_bus_demo(
         console.print("interrupted: the writers, the projectors and the dev stack are stopped")
         raise typer.Exit(130)
     if failure:
-        _fail(failure + (f" (logs in {work_dir})" if keep else ""))
+        fail(failure + (f" (logs in {work_dir})" if keep else ""))
     if failed and keep:
         console.print(f"the dev stack's logs are in {work_dir}")
     return failed
@@ -598,19 +601,19 @@ def db_upgrade(
         parsed = make_url(url)
     except ArgumentError:
         # Not echoed: an unparseable URL may still hold a password.
-        _fail("not a database URL; expected e.g. postgresql://user@host/db or sqlite:///runevents.db")
+        fail("not a database URL; expected e.g. postgresql://user@host/db or sqlite:///runevents.db")
     shown = parsed.render_as_string(hide_password=True)
     if parsed.get_backend_name() not in ("postgresql", "sqlite"):
-        _fail(f"the read tables live in PostgreSQL or SQLite, not {parsed.get_backend_name()} ({shown})")
+        fail(f"the read tables live in PostgreSQL or SQLite, not {parsed.get_backend_name()} ({shown})")
     if schema is not None:
         if parsed.get_backend_name() != "postgresql":
-            _fail(f"--schema is for PostgreSQL only, not {shown}")
+            fail(f"--schema is for PostgreSQL only, not {shown}")
         shown += f" (schema {schema})"
     try:
         before, after = asyncio.run(_db_upgrade(url, schema))
     # ImportError: a driver named in the URL (postgresql+psycopg) that is not installed.
     except (SQLAlchemyError, CommandError, OSError, ValueError, ImportError) as error:
-        _fail(f"cannot upgrade {shown}: {_error_line(error, parsed.password)}")
+        fail(f"cannot upgrade {shown}: {error_line(error, parsed.password)}")
     done = "" if before != after else " (already at head, nothing to do)"
     typer.echo(f"{shown}: {before or 'none'} -> {after}{done}")
 
@@ -665,7 +668,7 @@ def project(
         try:
             owned = sorted({int(part) for part in partitions.split(",") if part.strip()})
         except ValueError:
-            _fail(f"--partitions takes comma-separated partition numbers, got {partitions!r}")
+            fail(f"--partitions takes comma-separated partition numbers, got {partitions!r}")
     password = make_url(database_url).password if "://" in database_url else None
     projector = Projector(
         bootstrap_servers,
@@ -682,7 +685,7 @@ def project(
     try:
         asyncio.run(_project(projector))
     except (SQLAlchemyError, OSError, RunEventsError, KafkaError) as error:
-        _fail(f"projector stopped: {_error_line(error, password)}")
+        fail(f"projector stopped: {error_line(error, password)}")
 
 
 async def _project(projector: Projector) -> None:
@@ -695,20 +698,6 @@ async def _project(projector: Projector) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await projector.run(stop)
-
-
-def _error_line(error: BaseException, password: str | None) -> str:
-    """One line saying what went wrong, the driver's own words first, never the password."""
-    if isinstance(error, DBAPIError) and error.orig is not None:
-        error = error.orig
-    lines = str(error).strip().splitlines()
-    line = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
-    return line.replace(password, "***") if password else line
-
-
-def _fail(message: str) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(1)
 
 
 if __name__ == "__main__":

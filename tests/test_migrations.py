@@ -24,7 +24,7 @@ from runevents.store import migrate
 from runevents.store.schema import Base, thread_counters
 from runevents.store.sql import engine_for
 
-HEAD = "0002_projection_tables"
+HEAD = "0003_dead_letter_resolution"
 TABLES = {
     "run_events",
     "thread_counters",

@@ -179,6 +179,9 @@ class DeadLetter(Base):
     # open, retried or dropped: what the operator did about it.
     status: Mapped[str] = mapped_column(String(16), server_default="open")
     dead_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # When it was retried or dropped, and how: where it was re-published, or the operator's note.
+    resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    resolution: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
         # A partition replayed into the same projection does not add its dead letters twice.

@@ -1,0 +1,32 @@
+"""What every `runevents` command shares: one-line errors that never show a password."""
+
+from __future__ import annotations
+
+from typing import NoReturn
+
+import typer
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError
+
+
+def error_line(error: BaseException, password: str | None) -> str:
+    """One line saying what went wrong, the driver's own words first, never the password."""
+    if isinstance(error, DBAPIError) and error.orig is not None:
+        error = error.orig
+    lines = str(error).strip().splitlines()
+    line = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+    return line.replace(password, "***") if password else line
+
+
+def fail(message: str) -> NoReturn:
+    """Print `error: message` on stderr and exit 1 (no traceback)."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(1)
+
+
+def password_of(url: str) -> str | None:
+    """The password in a database URL, to keep it out of messages (None if none or not a URL)."""
+    try:
+        return make_url(url).password if "://" in url else None
+    except ArgumentError:
+        return None
