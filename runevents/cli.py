@@ -44,6 +44,7 @@ from runevents.errors import RunEventsError, StoreLockedError
 from runevents.events import MIDDLEWARE_CALLER_PREFIX, Record
 from runevents.fleet import RECEIPT, FleetSummary, run_fleet
 from runevents.heap import keep_heap_top
+from runevents.replay_cli import replay as replay_command
 from runevents.store import JsonlRunEventStore, RunEventStore, migrate
 from runevents.store.sql import engine_for
 from runevents.topic import DEFAULT_TOPIC
@@ -56,6 +57,7 @@ app = typer.Typer(
 db_app = typer.Typer(help="The read tables' database: create and upgrade them.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(dead_letters_app, name="dead-letters")
+app.command("replay")(replay_command)
 
 PAGE: Final = 8  # messages per page in the demo (deer-flow's default is 50)
 RUN_ROWS: Final = 16  # events of the sample run shown before eliding the rest

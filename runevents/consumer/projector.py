@@ -160,6 +160,14 @@ class Projector:
         """The partitions this projector owns now."""
         return set(self._positions)
 
+    def progress(self) -> dict[int, tuple[int, int | None]]:
+        """Per owned partition: the stored next offset, and the end of the log as last fetched (or None)."""
+        consumer = self._consumer
+        return {
+            tp.partition: (next_offset, None if consumer is None else consumer.highwater(tp))
+            for tp, next_offset in self._positions.items()
+        }
+
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Project until `stop` is set (or the task is cancelled), then leave cleanly."""
         stop = stop or asyncio.Event()

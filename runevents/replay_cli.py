@@ -1,0 +1,136 @@
+"""`runevents replay`: rebuild the read tables from the topic into a new projection, with progress."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+from typing import Annotated
+
+import typer
+from aiokafka.errors import KafkaError
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+from sqlalchemy.exc import SQLAlchemyError
+
+from runevents.cli_support import error_line, fail, password_of
+from runevents.errors import RunEventsError
+from runevents.ops import replay as ops
+from runevents.topic import DEFAULT_TOPIC
+
+
+class RateColumn(ProgressColumn):
+    """Records per second, as rich measures them over the last seconds."""
+
+    def render(self, task: Task) -> Text:
+        """The task's rate, or a dash before there is one."""
+        speed = task.speed
+        return Text("-" if speed is None else f"{speed:,.0f} rec/s", style="progress.data.speed")
+
+
+def replay(
+    projection: Annotated[str, typer.Option(help="Name of the new projection (a lower-case identifier).")],
+    database_url: Annotated[
+        str,
+        typer.Option(
+            "--database", envvar="RUNEVENTS_DATABASE_URL", help="postgresql://user:password@host/db"
+        ),
+    ],
+    bootstrap_servers: Annotated[
+        str,
+        typer.Option("--kafka", envvar="RUNEVENTS_KAFKA", help="Kafka bootstrap servers, host:port[,...]"),
+    ],
+    topic: Annotated[str, typer.Option(help="The topic to replay.")] = DEFAULT_TOPIC,
+    schema: Annotated[
+        str | None, typer.Option(help="PostgreSQL schema of the new tables (default: the projection's name).")
+    ] = None,
+) -> None:
+    """Rebuild the read tables from the whole topic into a new projection, while the live one serves.
+
+    Resumable: stopped (Ctrl-C) or killed, the same command goes on from where it was.
+
+    Refuses a topic whose log no longer starts at offset 0 (retention not -1).
+    """
+    console = Console(highlight=False, soft_wrap=True)  # summary lines whole, for logs and greps
+    try:
+        replayed = asyncio.run(_replay(console, bootstrap_servers, database_url, topic, projection, schema))
+    except ops.ReplayError as error:
+        fail(str(error))
+    except (SQLAlchemyError, OSError, RunEventsError, KafkaError) as error:
+        fail(error_line(error, password_of(database_url)))
+    where = f"projection {projection!r} (schema {schema or projection})"
+    if not replayed.caught_up:
+        console.print(
+            f"stopped: {replayed.records:,} records of {topic!r} replayed into {where} in "
+            f"{replayed.seconds:.1f} s; run the same command to go on"
+        )
+        raise typer.Exit(130)
+    console.print(
+        f"replayed {replayed.records:,} records of {topic!r} into {where} in {replayed.seconds:.1f} s "
+        f"({replayed.rate:,.0f} records/s); caught up with the log at "
+        + ", ".join(f"{partition}:{offset}" for partition, offset in sorted(replayed.reached.items()))
+    )
+    console.print(
+        f"keep it current with `runevents project --projection {projection} --schema {schema or projection}`"
+    )
+
+
+async def _replay(
+    console: Console,
+    bootstrap_servers: str,
+    database_url: str,
+    topic: str,
+    projection: str,
+    schema: str | None,
+) -> ops.Replayed:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(),
+        TimeRemainingColumn(),
+    )
+    # Started with the first progress: a replay refused before it starts shows its error alone.
+    bar = Progress(*columns, console=console, transient=False)
+    tasks: dict[int, TaskID] = {}
+
+    def show(progress: ops.Progress) -> None:
+        if not tasks:
+            bar.start()
+            tasks[-1] = bar.add_task(f"{topic} -> {projection}", total=None)
+        for partition, (done, end) in sorted(progress.items()):
+            if partition not in tasks:
+                tasks[partition] = bar.add_task(f"  partition {partition}", total=None)
+            bar.update(tasks[partition], completed=done, total=end)
+        ends = [end for _, end in progress.values()]
+        known = None if any(end is None for end in ends) else sum(e for e in ends if e is not None)
+        bar.update(tasks[-1], completed=sum(done for done, _ in progress.values()), total=known)
+
+    try:
+        return await ops.replay(
+            bootstrap_servers,
+            database_url,
+            projection=projection,
+            schema=schema,
+            topic=topic,
+            on_progress=show,
+            stop=stop,
+        )
+    finally:
+        if tasks:
+            bar.stop()
