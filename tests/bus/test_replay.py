@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
+import subprocess
+import sys
 from collections.abc import Callable
 
+import asyncpg
 import pytest
 
 from runevents.consumer import Projector
@@ -129,3 +134,41 @@ async def test_replay_refuses_bad_arguments_in_one_line(
     assert result.output.startswith("error: ")
     assert message in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+async def test_a_killed_replay_run_again_finishes_the_job_without_duplicates(
+    kafka_bootstrap: str,
+    bus_db: str,
+    topic: str,
+    bus_store: BusRunEventStore,
+    make_projector: Callable[..., Projector],
+):
+    async with running(make_projector()):
+        for start in range(0, 40_000, 1000):
+            await bus_store.publish_batch([event(f"t{n % 97}", n) for n in range(start, start + 1000)])
+        await bus_store.put(**event("t0", -1))  # read-your-writes: the live projection has it all
+    total = sum(row[0] for row in await fetch(bus_db, "SELECT next_offset FROM projection_offsets"))
+    command = [sys.executable, "-m", "runevents.cli", "replay", "--projection", "killed", "--topic", topic]
+    command += ["--database", bus_db, "--kafka", kafka_bootstrap]
+    done = "SELECT coalesce(sum(next_offset), 0) FROM killed.projection_offsets WHERE projection = 'killed'"
+
+    first = await asyncio.create_subprocess_exec(
+        *command, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+    )
+    try:
+        reached = 0
+        while reached == 0 and first.returncode is None:
+            await asyncio.sleep(0.01)
+            with contextlib.suppress(asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError):
+                reached = (await fetch(bus_db, done))[0][0]
+        if first.returncode is None:
+            first.send_signal(signal.SIGKILL)  # mid-replay: between or inside batches, nothing half-written
+    finally:
+        await asyncio.wait_for(first.wait(), timeout=30)
+    partial = (await fetch(bus_db, done))[0][0]
+    assert 0 < partial < total, f"the replay was not killed midway ({partial} of {total})"
+
+    second = await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0, second.stderr
+    assert f"replayed {total - partial:,} records" in second.stdout
+    await assert_same_tables(bus_db, "public", "killed")
