@@ -1,0 +1,113 @@
+"""Benchmark: `runevents replay` against the live projection draining the same topic, and a raw COPY.
+
+In one run on one PostgreSQL and one broker: a topic is filled with events; the live projection
+(two `runevents project` processes in one group) drains it, timed until every event is committed;
+then `replay` rebuilds the same tables into a new projection and schema (one projector over every
+partition, in this process), timed until it has caught up; then a raw asyncpg COPY of as many rows.
+Each rate is printed with its ratio to the COPY, and the replay's to the live drain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+import asyncpg
+from sqlalchemy.engine import URL
+
+from bench.bus_e2e import (
+    COPY_SCHEMA,
+    PARTITIONS,
+    broker,
+    copy_rate,
+    empty,
+    events,
+    projectors,
+    publish,
+    until_rows,
+)
+from bench.sql_put import libpq_dsn, load, postgres_server, scratch_database
+from runevents.ops.replay import replay
+from runevents.store.bus import BusRunEventStore
+from runevents.topic import create_topic
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Events on the topic and repetitions."""
+
+    events: int
+    repetitions: int
+
+
+DEFAULT: Final = Workload(events=200_000, repetitions=3)
+QUICK: Final = Workload(events=20_000, repetitions=1)
+
+
+async def repetition(kafka: str, url: URL, admin: asyncpg.Connection, work: Workload) -> dict[str, float]:
+    """One round: fill a topic, drain it live, replay it, COPY as many rows; events/s by name."""
+    topic = f"bench-{uuid.uuid4().hex[:10]}"
+    await create_topic(kafka, topic, partitions=PARTITIONS)
+    await empty(admin)
+    store = BusRunEventStore(kafka, libpq_dsn(url), topic=topic)
+    try:
+        await publish(store, events(work.events, "replay"))
+    finally:
+        await store.close()
+    rates: dict[str, float] = {}
+    started = time.perf_counter()
+    with projectors(kafka, url, topic):
+        await until_rows(admin, work.events)
+        rates["live"] = work.events / (time.perf_counter() - started)
+    projection = f"replayed_{uuid.uuid4().hex[:8]}"
+    replayed = await replay(kafka, libpq_dsn(url), projection=projection, topic=topic)
+    assert replayed.caught_up
+    rates["replay"] = replayed.rate
+    await admin.execute(f"DROP SCHEMA {projection} CASCADE")
+    rates["copy"] = await copy_rate(admin, work.events)
+    return rates
+
+
+async def run(kafka: str, kafka_description: str, server: URL, description: str, work: Workload) -> None:
+    """Set up, run every repetition and print the report."""
+    print(f"runevents bench replay: median of {work.repetitions}, {os.cpu_count()} CPUs")
+    print(f"PostgreSQL: {description}; Kafka: {kafka_description}")
+    print(f"a topic of {PARTITIONS} partitions holding {work.events:,} events")
+    async with scratch_database(server) as url:
+        admin = await asyncpg.connect(libpq_dsn(url))
+        try:
+            await admin.execute(f"CREATE SCHEMA {COPY_SCHEMA}")
+            await admin.execute(f"CREATE TABLE {COPY_SCHEMA}.run_events (LIKE run_events INCLUDING ALL)")
+            print(f"load average before: {load()}")
+            runs = [await repetition(kafka, url, admin, work) for _ in range(work.repetitions)]
+            print(f"load average after:  {load()}")
+        finally:
+            await admin.close()
+    print(f"{'':58}{'ev/s':>10}{'of COPY':>9}")
+    labels = {
+        "live": "live projection: 2 projector processes drain the topic",
+        "replay": "replay: 1 projector rebuilds it into a new projection",
+        "copy": "raw COPY of as many rows",
+    }
+    for name, label in labels.items():
+        rate = statistics.median(run[name] for run in runs)
+        ratio = statistics.median(run[name] / run["copy"] for run in runs)
+        print(f"{label:58}{rate:>10,.0f}{ratio:>9.3f}")
+    share = statistics.median(run["replay"] / run["live"] for run in runs)
+    print(f"replay / live drain: {share:.2f}")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Parse the command line, start or name the servers, and run the benchmark."""
+    parser = argparse.ArgumentParser(prog="python -m bench replay", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer events, one repetition: a smoke test")
+    args = parser.parse_args(argv)
+    with broker() as (kafka, kafka_description), postgres_server() as (server, description):
+        asyncio.run(run(kafka, kafka_description, server, description, QUICK if args.quick else DEFAULT))
