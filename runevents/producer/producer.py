@@ -55,6 +55,10 @@ def _quiet(logger: logging.Logger, *, when: bool) -> Iterator[None]:
 _Outgoing = tuple[str, str, bytes, list[tuple[str, bytes]]]
 
 _PARTITIONER: Final = DefaultPartitioner()
+# Bootstrap servers that refused an idempotent producer in this process. Asking costs every new
+# producer a refused request, a reconnect and a warning; a broker that gains the feature is asked
+# again when the process restarts.
+_REFUSED_IDEMPOTENCE: Final[set[str]] = set()
 # Threads whose partition is remembered; past that the memo starts again (it only saves hashing).
 _PARTITIONS_CACHED: Final = 100_000
 
@@ -131,7 +135,10 @@ class EventProducer:
                     self._max_message_bytes = await max_message_bytes(
                         self._bootstrap_servers, self.topic, client_options=self._client_options
                     )
-                idempotent = self._idempotence is not False
+                # Left to the broker, and it refused before in this process: do not ask again.
+                idempotent = self._idempotence is True or (
+                    self._idempotence is None and self._bootstrap_servers not in _REFUSED_IDEMPOTENCE
+                )
                 try:
                     # aiokafka logs a refusal as an error of its own; the warning below says it once.
                     with _quiet(_SENDER_LOG, when=self._idempotence is None):
@@ -149,6 +156,7 @@ class EventProducer:
                         "(duplicates from retries are skipped by event id)",
                         self._bootstrap_servers,
                     )
+                    _REFUSED_IDEMPOTENCE.add(self._bootstrap_servers)
                     idempotent = False
                     producer = await self._connect(idempotent)
                 self._idempotence = idempotent

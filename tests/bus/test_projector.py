@@ -18,6 +18,7 @@ from sqlalchemy.engine import make_url
 from runevents.consumer import Projector
 from runevents.events import encode_put, prepare_event
 from runevents.producer import BrokerUnavailableError, EventProducer, EventTooLargeError
+from runevents.producer import producer as producer_module
 from runevents.store import open_store
 from runevents.store.bus import BusRunEventStore
 from runevents.store.read_your_writes import ProjectionTimeout
@@ -249,8 +250,9 @@ async def test_projectors_in_separate_processes_share_the_topic_in_a_group(
 
 
 async def test_idempotence_falls_back_where_the_broker_refuses_it_and_is_an_error_when_required(
-    kafka_bootstrap: str, topic: str, caplog: pytest.LogCaptureFixture
+    kafka_bootstrap: str, topic: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ):
+    monkeypatch.setattr(producer_module, "_REFUSED_IDEMPOTENCE", set())  # as in a fresh process
     automatic = EventProducer(kafka_bootstrap, topic=topic)
     try:
         published = await automatic.publish_puts([prepare_event(event("t1", 0))])
@@ -260,6 +262,13 @@ async def test_idempotence_falls_back_where_the_broker_refuses_it_and_is_an_erro
     finally:
         await automatic.stop()
     if automatic.idempotent is False:
+        # Refused once, not asked again in this process: no second refusal, no second warning.
+        caplog.clear()
+        again = EventProducer(kafka_bootstrap, topic=topic)
+        await again.start()
+        await again.stop()
+        assert again.idempotent is False
+        assert "refuses idempotent producers" not in caplog.text
         required = EventProducer(kafka_bootstrap, topic=topic, enable_idempotence=True)
         with pytest.raises(BrokerUnavailableError, match="refused an idempotent producer"):
             await required.start()
