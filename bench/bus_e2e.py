@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -189,6 +189,19 @@ async def copy_rate(admin: asyncpg.Connection, count: int) -> float:
     return count / (time.perf_counter() - started)
 
 
+@contextlib.asynccontextmanager
+async def with_copy_table(server: URL) -> AsyncIterator[tuple[URL, asyncpg.Connection]]:
+    """A scratch database at head with an empty copy of run_events for the COPY baseline, and a connection."""
+    async with scratch_database(server) as url:
+        admin = await asyncpg.connect(libpq_dsn(url))
+        try:
+            await admin.execute(f"CREATE SCHEMA {COPY_SCHEMA}")
+            await admin.execute(f"CREATE TABLE {COPY_SCHEMA}.run_events (LIKE run_events INCLUDING ALL)")
+            yield url, admin
+        finally:
+            await admin.close()
+
+
 async def empty(admin: asyncpg.Connection) -> None:
     """Empty the read tables and the projection's offsets."""
     await admin.execute(
@@ -267,16 +280,10 @@ async def run(kafka: str, kafka_description: str, server: URL, description: str,
     print(
         f"heap: glibc M_TOP_PAD {HEAP_TOP_PAD >> 20} MiB in this process and the projectors (runevents.heap)"
     )
-    async with scratch_database(server) as url:
-        admin = await asyncpg.connect(libpq_dsn(url))
-        try:
-            await admin.execute(f"CREATE SCHEMA {COPY_SCHEMA}")
-            await admin.execute(f"CREATE TABLE {COPY_SCHEMA}.run_events (LIKE run_events INCLUDING ALL)")
-            print(f"load average before: {load()}")
-            runs = [await repetition(kafka, url, admin, work) for _ in range(work.repetitions)]
-            print(f"load average after:  {load()}")
-        finally:
-            await admin.close()
+    async with with_copy_table(server) as (url, admin):
+        print(f"load average before: {load()}")
+        runs = [await repetition(kafka, url, admin, work) for _ in range(work.repetitions)]
+        print(f"load average after:  {load()}")
     print(f"{'':46}{'bus ev/s':>10}{'COPY ev/s':>11}{'bus/COPY':>10}{'target':>8}")
     labels = {
         "drain": f"drain: {work.drained:,} pre-published events",

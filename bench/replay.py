@@ -23,7 +23,6 @@ import asyncpg
 from sqlalchemy.engine import URL
 
 from bench.bus_e2e import (
-    COPY_SCHEMA,
     PARTITIONS,
     broker,
     copy_rate,
@@ -32,8 +31,9 @@ from bench.bus_e2e import (
     projectors,
     publish,
     until_rows,
+    with_copy_table,
 )
-from bench.sql_put import libpq_dsn, load, postgres_server, scratch_database
+from bench.sql_put import libpq_dsn, load, postgres_server
 from runevents.ops.replay import replay
 from runevents.store.bus import BusRunEventStore
 from runevents.topic import create_topic
@@ -80,16 +80,10 @@ async def run(kafka: str, kafka_description: str, server: URL, description: str,
     print(f"runevents bench replay: median of {work.repetitions}, {os.cpu_count()} CPUs")
     print(f"PostgreSQL: {description}; Kafka: {kafka_description}")
     print(f"a topic of {PARTITIONS} partitions holding {work.events:,} events")
-    async with scratch_database(server) as url:
-        admin = await asyncpg.connect(libpq_dsn(url))
-        try:
-            await admin.execute(f"CREATE SCHEMA {COPY_SCHEMA}")
-            await admin.execute(f"CREATE TABLE {COPY_SCHEMA}.run_events (LIKE run_events INCLUDING ALL)")
-            print(f"load average before: {load()}")
-            runs = [await repetition(kafka, url, admin, work) for _ in range(work.repetitions)]
-            print(f"load average after:  {load()}")
-        finally:
-            await admin.close()
+    async with with_copy_table(server) as (url, admin):
+        print(f"load average before: {load()}")
+        runs = [await repetition(kafka, url, admin, work) for _ in range(work.repetitions)]
+        print(f"load average after:  {load()}")
     print(f"{'':58}{'ev/s':>10}{'of COPY':>9}")
     labels = {
         "live": "live projection: 2 projector processes drain the topic",

@@ -27,7 +27,7 @@ from rich.text import Text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from runevents.cli_support import error_line, fail
+from runevents.cli_support import DatabaseUrl, KafkaServers, error_line, fail, password_of
 from runevents.consumer import Projector
 from runevents.consumer.projector import DEFAULT_PROJECTION
 from runevents.dead_letters_cli import dead_letters_app
@@ -636,16 +636,8 @@ async def _db_upgrade(url: str, schema: str | None) -> tuple[str | None, str | N
 
 @app.command()
 def project(
-    database_url: Annotated[
-        str,
-        typer.Option(
-            "--database", envvar="RUNEVENTS_DATABASE_URL", help="postgresql://user:password@host/db"
-        ),
-    ],
-    bootstrap_servers: Annotated[
-        str,
-        typer.Option("--kafka", envvar="RUNEVENTS_KAFKA", help="Kafka bootstrap servers, host:port[,...]"),
-    ],
+    database_url: DatabaseUrl,
+    bootstrap_servers: KafkaServers,
     topic: Annotated[str, typer.Option(help="The topic to project.")] = DEFAULT_TOPIC,
     projection: Annotated[
         str, typer.Option(help="The projection's name (its offsets are kept under it).")
@@ -671,7 +663,7 @@ def project(
             owned = sorted({int(part) for part in partitions.split(",") if part.strip()})
         except ValueError:
             fail(f"--partitions takes comma-separated partition numbers, got {partitions!r}")
-    password = make_url(database_url).password if "://" in database_url else None
+    password = password_of(database_url)
     projector = Projector(
         bootstrap_servers,
         database_url,

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-from typing import NoReturn
+from typing import Annotated, NoReturn
 
 import typer
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
+
+# The options every command that reaches the servers takes, with the same names and variables.
+DatabaseUrl = Annotated[
+    str,
+    typer.Option("--database", envvar="RUNEVENTS_DATABASE_URL", help="postgresql://user:password@host/db"),
+]
+KafkaServers = Annotated[
+    str,
+    typer.Option("--kafka", envvar="RUNEVENTS_KAFKA", help="Kafka bootstrap servers, host:port[,...]"),
+]
 
 
 def error_line(error: BaseException, password: str | None) -> str:

@@ -16,7 +16,7 @@ from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from runevents.cli_support import error_line, fail, password_of
+from runevents.cli_support import DatabaseUrl, KafkaServers, error_line, fail, password_of
 from runevents.errors import RunEventsError
 from runevents.ops import dead_letters as ops
 from runevents.store.sql import engine_for
@@ -27,10 +27,6 @@ dead_letters_app = typer.Typer(
     no_args_is_help=True,
 )
 
-Database = Annotated[
-    str,
-    typer.Option("--database", envvar="RUNEVENTS_DATABASE_URL", help="postgresql://user:password@host/db"),
-]
 Schema = Annotated[str | None, typer.Option(help="PostgreSQL schema of the projection's tables.")]
 Ids = Annotated[list[int], typer.Argument(help="Dead letter ids, as `list` shows them.", min=1)]
 T = TypeVar("T")
@@ -66,7 +62,7 @@ def _text(data: bytes | None) -> str:
 
 @dead_letters_app.command("list")
 def list_letters(
-    database_url: Database,
+    database_url: DatabaseUrl,
     schema: Schema = None,
     status: Annotated[
         str, typer.Option(help="open (not yet dealt with), retried, dropped, or all.")
@@ -100,7 +96,7 @@ def list_letters(
 @dead_letters_app.command("show")
 def show(
     letter_id: Annotated[int, typer.Argument(help="The dead letter's id.")],
-    database_url: Database,
+    database_url: DatabaseUrl,
     schema: Schema = None,
 ) -> None:
     """Show one dead letter whole: where it was, why, its key, headers and value, and its fate."""
@@ -124,11 +120,8 @@ def show(
 @dead_letters_app.command("retry")
 def retry(
     letter_ids: Ids,
-    database_url: Database,
-    bootstrap_servers: Annotated[
-        str,
-        typer.Option("--kafka", envvar="RUNEVENTS_KAFKA", help="Kafka bootstrap servers, host:port[,...]"),
-    ],
+    database_url: DatabaseUrl,
+    bootstrap_servers: KafkaServers,
     schema: Schema = None,
     value_file: Annotated[
         Path | None,
@@ -161,7 +154,7 @@ def retry(
 @dead_letters_app.command("drop")
 def drop(
     letter_ids: Ids,
-    database_url: Database,
+    database_url: DatabaseUrl,
     note: Annotated[str, typer.Option(help="Why it is dropped; kept with the letter.")],
     schema: Schema = None,
 ) -> None:

@@ -23,7 +23,7 @@ from rich.progress import (
 from rich.text import Text
 from sqlalchemy.exc import SQLAlchemyError
 
-from runevents.cli_support import error_line, fail, password_of
+from runevents.cli_support import DatabaseUrl, KafkaServers, error_line, fail, password_of
 from runevents.errors import RunEventsError
 from runevents.ops import replay as ops
 from runevents.topic import DEFAULT_TOPIC
@@ -40,16 +40,8 @@ class RateColumn(ProgressColumn):
 
 def replay(
     projection: Annotated[str, typer.Option(help="Name of the new projection (a lower-case identifier).")],
-    database_url: Annotated[
-        str,
-        typer.Option(
-            "--database", envvar="RUNEVENTS_DATABASE_URL", help="postgresql://user:password@host/db"
-        ),
-    ],
-    bootstrap_servers: Annotated[
-        str,
-        typer.Option("--kafka", envvar="RUNEVENTS_KAFKA", help="Kafka bootstrap servers, host:port[,...]"),
-    ],
+    database_url: DatabaseUrl,
+    bootstrap_servers: KafkaServers,
     topic: Annotated[str, typer.Option(help="The topic to replay.")] = DEFAULT_TOPIC,
     schema: Annotated[
         str | None, typer.Option(help="PostgreSQL schema of the new tables (default: the projection's name).")
