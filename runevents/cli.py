@@ -44,6 +44,8 @@ from runevents.errors import RunEventsError, StoreLockedError
 from runevents.events import MIDDLEWARE_CALLER_PREFIX, Record
 from runevents.fleet import RECEIPT, FleetSummary, run_fleet
 from runevents.heap import keep_heap_top
+from runevents.promote_cli import projection_app
+from runevents.promote_cli import promote as promote_command
 from runevents.replay_cli import replay as replay_command
 from runevents.store import JsonlRunEventStore, RunEventStore, migrate
 from runevents.store.sql import engine_for
@@ -58,6 +60,8 @@ db_app = typer.Typer(help="The read tables' database: create and upgrade them.",
 app.add_typer(db_app, name="db")
 app.add_typer(dead_letters_app, name="dead-letters")
 app.command("replay")(replay_command)
+app.command("promote")(promote_command)
+app.add_typer(projection_app, name="projection")
 
 PAGE: Final = 8  # messages per page in the demo (deer-flow's default is 50)
 RUN_ROWS: Final = 16  # events of the sample run shown before eliding the rest

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated, NoReturn
+import asyncio
+from collections.abc import Coroutine
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
+from aiokafka.errors import KafkaError
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
+
+from runevents.errors import RunEventsError
+
+T = TypeVar("T")
 
 # The options every command that reaches the servers takes, with the same names and variables.
 DatabaseUrl = Annotated[
@@ -40,3 +47,13 @@ def password_of(url: str) -> str | None:
         return make_url(url).password if "://" in url else None
     except ArgumentError:
         return None
+
+
+def run_or_fail(work: Coroutine[Any, Any, T], database_url: str) -> T:
+    """Run `work`; an error of ours, the database's, the broker's or the OS's is one line and exit 1."""
+    try:
+        return asyncio.run(work)
+    except RunEventsError as error:
+        fail(str(error))
+    except (SQLAlchemyError, OSError, KafkaError, ValueError) as error:
+        fail(error_line(error, password_of(database_url)))

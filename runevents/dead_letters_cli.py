@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -10,14 +9,11 @@ from typing import Annotated, Any, TypeVar
 
 import orjson
 import typer
-from aiokafka.errors import KafkaError
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from runevents.cli_support import DatabaseUrl, KafkaServers, error_line, fail, password_of
-from runevents.errors import RunEventsError
+from runevents.cli_support import DatabaseUrl, KafkaServers, fail, run_or_fail
 from runevents.ops import dead_letters as ops
 from runevents.store.sql import engine_for
 
@@ -42,12 +38,7 @@ def _run(database_url: str, schema: str | None, work: Callable[[AsyncEngine], Aw
         finally:
             await engine.dispose()
 
-    try:
-        return asyncio.run(main())
-    except ops.DeadLetterError as error:
-        fail(str(error))
-    except (SQLAlchemyError, OSError, RunEventsError, KafkaError, ValueError) as error:
-        fail(error_line(error, password_of(database_url)))
+    return run_or_fail(main(), database_url)
 
 
 def _text(data: bytes | None) -> str:

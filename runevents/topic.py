@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Any, Final
+import asyncio
+from collections.abc import Mapping
+from typing import Any, Final, Literal
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from runevents.errors import RunEventsError
 
 DEFAULT_TOPIC: Final = "run-events"
 DEFAULT_PARTITIONS: Final = 12
 # Kafka's default message.max.bytes (1 MiB plus batch overhead): what a topic takes unless told otherwise.
 DEFAULT_MAX_MESSAGE_BYTES: Final = 1_048_588
 DEAD_LETTER_SUFFIX: Final = ".dead-letters"
+
+
+class TopicMissingError(RunEventsError):
+    """The topic a command needs does not exist on the brokers."""
 
 
 def dead_letter_topic(topic: str) -> str:
@@ -68,3 +77,40 @@ async def max_message_bytes(
                 if entry[0] == "max.message.bytes" and entry[1]:
                     return int(entry[1])
     return DEFAULT_MAX_MESSAGE_BYTES
+
+
+async def log_offsets(
+    bootstrap_servers: str,
+    topic: str,
+    which: Literal["start", "end"],
+    *,
+    client_options: Mapping[str, Any] | None = None,
+    timeout_s: float = 30.0,
+) -> dict[int, int]:
+    """Each partition's first offset still in the log ("start") or next offset to be written ("end")."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=50,
+        **(client_options or {}),
+    )
+    await consumer.start()
+    try:
+        await consumer.topics()  # fetches the cluster's metadata, partitions included
+        partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            raise TopicMissingError(f"topic {topic!r} does not exist at {bootstrap_servers}")
+        wanted = [TopicPartition(topic, partition) for partition in sorted(partitions)]
+        if which == "start":
+            found = await consumer.beginning_offsets(wanted)
+            return {tp.partition: offset for tp, offset in found.items()}
+        # Not end_offsets: some brokers (Tansu) answer it with the last batch's base offset + 1. A
+        # fetch response's high water is right everywhere, and a fetch from near the end is small.
+        consumer.assign(wanted)
+        await consumer.seek_to_end(*wanted)
+        async with asyncio.timeout(timeout_s):
+            while any(consumer.highwater(tp) is None for tp in wanted):
+                await consumer.getmany(*wanted, timeout_ms=100, max_records=1)
+        return {tp.partition: consumer.highwater(tp) or 0 for tp in wanted}
+    finally:
+        await consumer.stop()

@@ -16,7 +16,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlalchemy import select
 
 from runevents.consumer.projector import DEFAULT_PROJECTION, Projector
@@ -24,7 +23,7 @@ from runevents.errors import RunEventsError
 from runevents.store.migrate import upgrade_async
 from runevents.store.schema import projection_offsets
 from runevents.store.sql import engine_for
-from runevents.topic import DEFAULT_TOPIC
+from runevents.topic import DEFAULT_TOPIC, TopicMissingError, log_offsets
 
 # A projection's name is also the default name of its PostgreSQL schema: a plain identifier.
 NAME: Final = re.compile(r"[a-z_][a-z0-9_]{0,62}")
@@ -59,27 +58,6 @@ def missing_history(earliest: Mapping[int, int]) -> str | None:
         f"{sum(gone.values()):,} records of history are gone; tables replayed from the rest would "
         "look complete and not be"
     )
-
-
-async def earliest_offsets(
-    bootstrap_servers: str, topic: str, *, client_options: Mapping[str, Any] | None = None
-) -> dict[int, int]:
-    """The first offset still in the log of each partition of `topic`."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers, enable_auto_commit=False, **(client_options or {})
-    )
-    await consumer.start()
-    try:
-        await consumer.topics()  # fetches the cluster's metadata, partitions included
-        partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
-            raise ReplayError(f"topic {topic!r} does not exist at {bootstrap_servers}")
-        found = await consumer.beginning_offsets(
-            [TopicPartition(topic, partition) for partition in partitions]
-        )
-    finally:
-        await consumer.stop()
-    return {tp.partition: offset for tp, offset in found.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +119,10 @@ async def replay(
     check_name("schema", schema)
     if projection == DEFAULT_PROJECTION:
         raise ReplayError(f"{DEFAULT_PROJECTION!r} is the live projection's name; replay into a new one")
-    earliest = await earliest_offsets(bootstrap_servers, topic, client_options=client_options)
+    try:
+        earliest = await log_offsets(bootstrap_servers, topic, "start", client_options=client_options)
+    except TopicMissingError as error:
+        raise ReplayError(str(error)) from None
     problem = missing_history(earliest)
     if problem is not None:
         raise ReplayError(problem)

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any, Final
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any, Final, TypeVar
 
 import asyncpg
 from pydantic import TypeAdapter, ValidationError
@@ -46,6 +46,7 @@ LOOKUP_CONNECTIONS: Final = 2
 _e = run_events.c
 _r = op_results.c
 _ID: Final[TypeAdapter[str]] = TypeAdapter(Id)
+T = TypeVar("T")
 
 
 class ReadTablesUnavailableError(RunEventsError):
@@ -134,9 +135,7 @@ class BusRunEventStore(ReadTablesStore):
             return []
         await self._ready_to_publish()
         published = await self._producer.publish_puts(prepared)
-        async with self._reading_back(published):
-            await self._wait(published)
-            seqs = await self._projected_seqs(prepared)
+        seqs = await self._read_back(published, lambda: self._projected_seqs(prepared))
         return [make_record(event, seqs[event.event_id]) for event in prepared]
 
     async def _ready_to_publish(self) -> None:
@@ -160,6 +159,20 @@ class BusRunEventStore(ReadTablesStore):
                 f"{', ...' if len(published) > 3 else ''}) but their projection could not be read "
                 f"({reason_of(exc)}); they will appear once a projector applies them"
             ) from exc
+
+    async def _read_back(self, published: Sequence[Published], read: Callable[[], Awaitable[T]]) -> T:
+        """Wait until `published` is projected, then `read` it (again, if a promotion came between)."""
+        generation = self._watcher.generation
+        async with self._reading_back(published):
+            await self._wait(published)
+            try:
+                return await read()
+            except ProjectedRecordMissingError:
+                # Promoted after the wait saw the old projection pass the records: wait on the new one.
+                if not await self._watcher.resync(generation):
+                    raise
+                await self._wait(published)
+                return await read()
 
     async def _projected_seqs(self, events: Sequence[PreparedEvent]) -> dict[str, int]:
         """The seq the projector gave each event (also when a delete has removed it since)."""
@@ -191,13 +204,14 @@ class BusRunEventStore(ReadTablesStore):
         return [[seqs.get(event_id) for _, event_id in group] for group in groups]
 
     async def _op_result(self, published: Published) -> Any:
-        async with self._reading_back([published]):
-            await self._wait([published])
-            rows = await self._rows(
-                select(_r.removed, _r.seq, _r.created).where(
-                    _r.thread_id == published.thread_id, _r.event_id == published.event_id
-                )
+        return await self._read_back([published], lambda: self._read_op_result(published))
+
+    async def _read_op_result(self, published: Published) -> Any:
+        rows = await self._rows(
+            select(_r.removed, _r.seq, _r.created).where(
+                _r.thread_id == published.thread_id, _r.event_id == published.event_id
             )
+        )
         if not rows:
             raise ProjectedRecordMissingError(
                 f"op {published.event_id} on thread {published.thread_id!r} was projected but left no "

@@ -2,6 +2,10 @@
 
 The projector notifies on every commit (LISTEN/NOTIFY); notifications can be missed (a dropped
 connection, a listener started late), so the stored offsets are also polled while anyone waits.
+
+Pointed at a serving schema (see `runevents.ops.promote`), the watcher follows whichever projection
+is served: each poll reads the served projection's name with its offsets, and a promotion makes it
+forget what it knew of the previous one.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from collections import defaultdict
 from typing import Any, Final
 
 import asyncpg
+from sqlalchemy import MetaData, Table
 
 from runevents.consumer.projector import NOTIFY_CHANNEL
 from runevents.errors import RunEventsError
@@ -22,6 +27,11 @@ from runevents.store.schema import projection_offsets
 log = logging.getLogger(__name__)
 
 DEFAULT_POLL_INTERVAL_S: Final = 0.5
+
+
+def _schema_name(schema: str | None) -> str:
+    # A projector without a schema writes to the default one, told as "" in its notifications.
+    return schema or "public"
 
 
 class ProjectionTimeout(RunEventsError):
@@ -45,10 +55,14 @@ class ProjectionWatcher:
         self._topic = topic
         self._schema = schema
         self._poll_interval_s = poll_interval_s
+        # Whose notifications count, as (schema, projection); in a serving schema, learned by polling.
+        self._following: tuple[str, str] | None = (_schema_name(schema), projection)
+        self._serving = False
         self._poll_sql = (
-            f"SELECT partition, next_offset FROM {writes.qualified(projection_offsets, schema)} "
-            "WHERE projection = $1 AND topic = $2"
+            f"SELECT partition, next_offset, $1::text, $3::text FROM "
+            f"{writes.qualified(projection_offsets, schema)} WHERE projection = $1 AND topic = $2"
         )
+        self._generation = 0
         self._reached: dict[int, int] = {}
         self._waiters: dict[int, list[tuple[int, asyncio.Future[None]]]] = defaultdict(list)
         self._listener: asyncpg.Connection | None = None
@@ -62,7 +76,57 @@ class ProjectionWatcher:
             if self._poller is not None:
                 return
             await self._listen()
+            assert self._listener is not None
+            if self._schema is not None and await self._listener.fetchval(
+                "SELECT to_regclass(format('%I.promotions', $1::text)) IS NOT NULL", self._schema
+            ):
+                self._follow_serving()
             self._poller = asyncio.create_task(self._poll())
+
+    def _follow_serving(self) -> None:
+        self._serving = True
+        self._following = None
+        # The serving schema's projection_offsets shows the served projection's rows only; its
+        # latest promotion names that projection, read in the same snapshot as the offsets.
+        promotions = writes.qualified(Table("promotions", MetaData()), self._schema)
+        self._poll_sql = (
+            "SELECT o.partition, o.next_offset, p.projection, p.projection_schema "
+            f"FROM {writes.qualified(projection_offsets, self._schema)} o, "
+            f"(SELECT projection, projection_schema FROM {promotions} ORDER BY id DESC LIMIT 1) p "
+            "WHERE o.topic = $2 AND $1::text = $1 AND $3::text = $3"  # the same parameters as unserved
+        )
+
+    @property
+    def generation(self) -> int:
+        """How many times the projection followed has changed (promotions seen in the serving schema)."""
+        return self._generation
+
+    async def resync(self, generation: int) -> bool:
+        """Poll now; return whether the projection followed has changed since `generation`."""
+        connection = await asyncpg.connect(self._dsn)
+        try:
+            self._apply(await self._fetch_offsets(connection))
+        finally:
+            await connection.close()
+        return self._generation != generation
+
+    async def _fetch_offsets(self, connection: asyncpg.Connection) -> list[Any]:
+        rows: list[Any] = await connection.fetch(
+            self._poll_sql, self._projection, self._topic, self._schema or "public"
+        )
+        return rows
+
+    def _apply(self, rows: list[Any]) -> None:
+        """Take a poll's rows: (partition, next_offset, projection, its schema)."""
+        for partition, next_offset, projection, schema in rows:
+            followed = (_schema_name(schema), projection)
+            if self._serving and followed != self._following:
+                if self._following is not None:
+                    # Promoted: the old projection's offsets say nothing of the new one's.
+                    self._reached.clear()
+                    self._generation += 1
+                self._following = followed
+            self._advance(partition, next_offset)
 
     async def _listen(self) -> None:
         """(Re)open the LISTEN connection."""
@@ -132,7 +196,7 @@ class ProjectionWatcher:
 
     def _notified(self, connection: Any, pid: int, channel: str, payload: str) -> None:
         schema, projection, topic, reached = payload.split("\t")
-        if (schema or None, projection, topic) == (self._schema, self._projection, self._topic):
+        if ((_schema_name(schema), projection), topic) == (self._following, self._topic):
             for part in reached.split(","):
                 partition, next_offset = part.split(":")
                 self._advance(int(partition), int(next_offset))
@@ -153,10 +217,7 @@ class ProjectionWatcher:
                         await self._listen()
                     if connection is None or connection.is_closed():
                         connection = await asyncpg.connect(self._dsn)
-                    for partition, next_offset in await connection.fetch(
-                        self._poll_sql, self._projection, self._topic
-                    ):
-                        self._advance(partition, next_offset)
+                    self._apply(await self._fetch_offsets(connection))
                 # Any failure, asyncpg's InternalClientError included: the poller is the waiters'
                 # fallback and must outlive whatever the database does.
                 except Exception as exc:
