@@ -27,6 +27,7 @@ from rich.text import Text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
+from runevents.backfill_cli import backfill as backfill_command
 from runevents.cli_support import DatabaseUrl, KafkaServers, error_line, fail, password_of
 from runevents.consumer import Projector
 from runevents.consumer.projector import DEFAULT_PROJECTION
@@ -52,15 +53,21 @@ from runevents.store.sql import engine_for
 from runevents.topic import DEFAULT_TOPIC
 
 app = typer.Typer(
+    rich_markup_mode="markdown",
     help="runevents: storage for the event streams of AI agent runs.",
     no_args_is_help=True,
     add_completion=False,
 )
-db_app = typer.Typer(help="The read tables' database: create and upgrade them.", no_args_is_help=True)
+db_app = typer.Typer(
+    rich_markup_mode="markdown",
+    help="The read tables' database: create and upgrade them.",
+    no_args_is_help=True,
+)
 app.add_typer(db_app, name="db")
 app.add_typer(dead_letters_app, name="dead-letters")
 app.command("replay")(replay_command)
 app.command("promote")(promote_command)
+app.command("backfill")(backfill_command)
 app.add_typer(projection_app, name="projection")
 
 PAGE: Final = 8  # messages per page in the demo (deer-flow's default is 50)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import threading
 from collections.abc import Coroutine
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from aiokafka.errors import KafkaError
+from rich.progress import ProgressColumn, Task
+from rich.text import Text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 
@@ -57,3 +61,26 @@ def run_or_fail(work: Coroutine[Any, Any, T], database_url: str) -> T:
         fail(str(error))
     except (SQLAlchemyError, OSError, KafkaError, ValueError) as error:
         fail(error_line(error, password_of(database_url)))
+
+
+class RateColumn(ProgressColumn):
+    """Items per second, as rich measures them over the last seconds."""
+
+    def __init__(self, unit: str) -> None:
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task: Task) -> Text:
+        """The task's rate, or a dash before there is one."""
+        speed = task.speed
+        return Text("-" if speed is None else f"{speed:,.0f} {self.unit}", style="progress.data.speed")
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT (Ctrl-C), for a long job to stop between two steps."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+    return stop

@@ -18,6 +18,7 @@ from runevents.ops import dead_letters as ops
 from runevents.store.sql import engine_for
 
 dead_letters_app = typer.Typer(
+    rich_markup_mode="markdown",
     help="Records the projector could not apply: list them, show one, retry or drop them. Every "
     "retry and drop is recorded with the letter (status, when, and where it went or why).",
     no_args_is_help=True,

@@ -11,6 +11,7 @@ from runevents.ops import promote as ops
 from runevents.topic import DEFAULT_TOPIC
 
 projection_app = typer.Typer(
+    rich_markup_mode="markdown",
     help="The projections in a database: which one is served, and dropping old ones.",
     no_args_is_help=True,
 )

@@ -3,39 +3,26 @@
 from __future__ import annotations
 
 import asyncio
-import signal
-import threading
 from typing import Annotated
 
 import typer
 from aiokafka.errors import KafkaError
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-)
-from rich.text import Text
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from sqlalchemy.exc import SQLAlchemyError
 
-from runevents.cli_support import DatabaseUrl, KafkaServers, error_line, fail, password_of
+from runevents.cli_support import (
+    DatabaseUrl,
+    KafkaServers,
+    RateColumn,
+    error_line,
+    fail,
+    password_of,
+    stop_on_signals,
+)
 from runevents.errors import RunEventsError
 from runevents.ops import replay as ops
 from runevents.topic import DEFAULT_TOPIC
-
-
-class RateColumn(ProgressColumn):
-    """Records per second, as rich measures them over the last seconds."""
-
-    def render(self, task: Task) -> Text:
-        """The task's rate, or a dash before there is one."""
-        speed = task.speed
-        return Text("-" if speed is None else f"{speed:,.0f} rec/s", style="progress.data.speed")
 
 
 def replay(
@@ -85,16 +72,12 @@ async def _replay(
     projection: str,
     schema: str | None,
 ) -> ops.Replayed:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
+    stop = stop_on_signals()
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        RateColumn(),
+        RateColumn("rec/s"),
         TimeRemainingColumn(),
     )
     # Started with the first progress: a replay refused before it starts shows its error alone.
