@@ -1,10 +1,13 @@
-"""Benchmark: `runevents replay` against the live projection draining the same topic, and a raw COPY.
+"""Benchmark: `runevents replay` and `backfill` against the live projection, and a raw COPY.
 
 In one run on one PostgreSQL and one broker: a topic is filled with events; the live projection
 (two `runevents project` processes in one group) drains it, timed until every event is committed;
 then `replay` rebuilds the same tables into a new projection and schema (one projector over every
-partition, in this process), timed until it has caught up; then a raw asyncpg COPY of as many rows.
-Each rate is printed with its ratio to the COPY, and the replay's to the live drain.
+partition, in this process), timed until it has caught up; then the same events, written as a
+deer-flow JSONL directory, are backfilled onto a fresh topic while two projectors apply them: the
+backfill's own rate (read, checked against the read tables, published) and the rate until every
+event is in the read tables; then a raw asyncpg COPY of as many rows. Each rate is printed with its
+ratio to the COPY, and replay's and backfill's to the live drain.
 """
 
 from __future__ import annotations
@@ -13,13 +16,17 @@ import argparse
 import asyncio
 import os
 import statistics
+import tempfile
 import time
 import uuid
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final
+from pathlib import Path
+from typing import Any, Final
 
 import asyncpg
+import orjson
 from sqlalchemy.engine import URL
 
 from bench.bus_e2e import (
@@ -34,6 +41,8 @@ from bench.bus_e2e import (
     with_copy_table,
 )
 from bench.sql_put import libpq_dsn, load, postgres_server
+from runevents.ops.backfill import backfill
+from runevents.ops.backfill_sources import JsonlSource
 from runevents.ops.replay import replay
 from runevents.store.bus import BusRunEventStore
 from runevents.topic import create_topic
@@ -71,8 +80,40 @@ async def repetition(kafka: str, url: URL, admin: asyncpg.Connection, work: Work
     assert replayed.caught_up
     rates["replay"] = replayed.rate
     await admin.execute(f"DROP SCHEMA {projection} CASCADE")
+    rates.update(await backfill_rates(kafka, url, admin, work))
     rates["copy"] = await copy_rate(admin, work.events)
     return rates
+
+
+def write_deerflow_jsonl(base: Path, batch: Sequence[dict[str, Any]]) -> None:
+    """`batch` as deer-flow's JSONL store holds it: a file per run, seq per thread, no event ids."""
+    seqs: Counter[str] = Counter()
+    files: dict[Path, list[bytes]] = defaultdict(list)
+    for event in batch:
+        thread = event["thread_id"]
+        seqs[thread] += 1
+        record = {**event, "seq": seqs[thread], "created_at": "2026-01-01T00:00:00+00:00"}
+        files[base / "threads" / thread / "runs" / f"{event['run_id']}.jsonl"].append(orjson.dumps(record))
+    for path, lines in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"\n".join(lines) + b"\n")
+
+
+async def backfill_rates(kafka: str, url: URL, admin: asyncpg.Connection, work: Workload) -> dict[str, float]:
+    """Backfill the events from a JSONL directory onto a fresh topic while 2 projectors apply them."""
+    topic = f"bench-{uuid.uuid4().hex[:10]}"
+    await create_topic(kafka, topic, partitions=PARTITIONS)
+    await empty(admin)
+    with tempfile.TemporaryDirectory() as directory:
+        write_deerflow_jsonl(Path(directory), events(work.events, "backfill"))
+        source = JsonlSource(Path(directory))
+        started = time.perf_counter()
+        with projectors(kafka, url, topic):
+            done = await backfill(source, kafka, libpq_dsn(url), topic=topic)
+            assert done.imported == work.events, done
+            await until_rows(admin, work.events)
+            projected = time.perf_counter() - started
+    return {"backfill": done.rate, "backfill_projected": work.events / projected}
 
 
 async def run(kafka: str, kafka_description: str, server: URL, description: str, work: Workload) -> None:
@@ -88,14 +129,17 @@ async def run(kafka: str, kafka_description: str, server: URL, description: str,
     labels = {
         "live": "live projection: 2 projector processes drain the topic",
         "replay": "replay: 1 projector rebuilds it into a new projection",
+        "backfill": "backfill from JSONL: read, checked, published",
+        "backfill_projected": "backfill from JSONL until projected (2 projectors)",
         "copy": "raw COPY of as many rows",
     }
     for name, label in labels.items():
         rate = statistics.median(run[name] for run in runs)
         ratio = statistics.median(run[name] / run["copy"] for run in runs)
         print(f"{label:58}{rate:>10,.0f}{ratio:>9.3f}")
-    share = statistics.median(run["replay"] / run["live"] for run in runs)
-    print(f"replay / live drain: {share:.2f}")
+    for name in ("replay", "backfill", "backfill_projected"):
+        share = statistics.median(run[name] / run["live"] for run in runs)
+        print(f"{name} / live drain: {share:.2f}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -7,7 +7,6 @@ validates, serializes or truncates on its own.
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -44,7 +43,7 @@ Content = str | dict[str, Any] | list[Any]
 Record = dict[str, Any]
 
 # A fixed namespace so an event id derived from the same coordinates is the same on every machine.
-_DERIVED_ID_NAMESPACE: Final = uuid.UUID("5d0f3c8e-9a57-4c1e-8f0b-2b7f6c1d4e90")
+_DERIVED_ID_NAMESPACE: Final = uuid_utils.UUID("5d0f3c8e-9a57-4c1e-8f0b-2b7f6c1d4e90")
 
 
 # Control characters and lone surrogates in an id break file paths, PostgreSQL text and Kafka keys
@@ -172,7 +171,9 @@ def new_event_id() -> str:
 def derived_event_id(*coordinates: str | int) -> str:
     """A deterministic event id for a record that was stored without one."""
     name = "\x1f".join(str(part) for part in coordinates)
-    return str(uuid.uuid5(_DERIVED_ID_NAMESPACE, name))
+    # uuid_utils' uuid5 is RFC 4122's, as the standard library's, at a tenth of the cost: a backfill
+    # derives one for every record it reads.
+    return str(uuid_utils.uuid5(_DERIVED_ID_NAMESPACE, name))
 
 
 # orjson would write datetimes as ISO-8601 and dataclasses as objects; the contract (and deer-flow,

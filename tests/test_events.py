@@ -121,3 +121,8 @@ def test_the_record_model_reads_back_what_make_record_writes() -> None:
     assert (model.seq, model.content, model.user_id) == (3, ["part"], "u")
     schema = RunEventRecord.model_json_schema()
     assert set(schema["required"]) >= {"thread_id", "run_id", "seq", "event_id", "content", "created_at"}
+
+
+def test_derived_event_ids_never_change_between_versions() -> None:
+    # A backfill run again, by a later runevents, must derive the same ids or it would import twice.
+    assert derived_event_id("thread-1", "run-1", 7) == "7ec6dbcf-8a7f-5c54-92d0-4e603a3d7e59"

@@ -65,8 +65,11 @@ class Backfilled:
         return self.read / self.seconds if self.seconds > 0 else 0.0
 
 
+Checked = list[tuple[SourceEvent, PreparedEvent]]
+
+
 class _Batcher:
-    """Validates, dedupes and publishes one batch of source events at a time."""
+    """Checks a batch of source events (valid? projected already?), and publishes what is left."""
 
     def __init__(
         self,
@@ -81,14 +84,13 @@ class _Batcher:
         self._lookup_sql = writes.projected_seqs_sql(schema)
         self._result = result
         self._strict = strict
-        self._batch_ids: set[str] = set()
 
     def _reject(self, where: str, reason: str) -> None:
         self._result.rejected.append(Rejected(where, reason))
 
-    async def flush(self, pending: Sequence[SourceEvent]) -> None:
-        """Publish what of `pending` is valid and not projected yet; with strict, stop at a bad one."""
-        events: list[tuple[SourceEvent, PreparedEvent]] = []
+    async def check(self, pending: Sequence[SourceEvent]) -> tuple[Checked, Rejected | None]:
+        """What of `pending` is valid and not projected yet, and, with strict, the bad one that stops it."""
+        events: Checked = []
         failed: Rejected | None = None
         for source_event in pending:
             problem = source_event.problem
@@ -107,35 +109,37 @@ class _Batcher:
                 failed = Rejected(source_event.where, problem)
                 break
             self._reject(source_event.where, problem)
-        await self._publish_new(events)
         self._result.read += len(pending) if failed is None else len(events)
-        if failed is not None:
-            self._result.rejected.append(failed)
-            raise BackfillError(f"{failed.where}: {failed.reason} (--strict: stopped here)")
+        return await self._not_projected(events), failed
 
-    async def _publish_new(self, events: list[tuple[SourceEvent, PreparedEvent]]) -> None:
+    async def _not_projected(self, events: Checked) -> Checked:
         if not events:
-            return
+            return []
         rows = await self._lookups.fetch(
             self._lookup_sql, [e.thread_id for _, e in events], [e.event_id for _, e in events]
         )
         projected = {row[0] for row in rows}
-        fresh: list[tuple[SourceEvent, PreparedEvent]] = []
+        fresh: Checked = []
+        in_batch: set[str] = set()
         for source_event, event in events:
             if event.event_id in projected:
                 self._result.skipped[ALREADY_PROJECTED] += 1
-            elif event.event_id in self._batch_ids:
+            elif event.event_id in in_batch:
                 self._result.skipped[REPEATED_IN_SOURCE] += 1
             else:
-                self._batch_ids.add(event.event_id)
+                # Across batches, the projector skips a repeated id: only the count would be off.
+                in_batch.add(event.event_id)
                 fresh.append((source_event, event))
+        return fresh
+
+    async def publish(self, fresh: Checked) -> None:
+        """Publish checked events; one too large for the topic is rejected and the rest go."""
         while fresh:
             try:
                 await self._producer.publish_puts([event for _, event in fresh])
             except EventTooLargeError as error:
                 # Sizes are all checked before anything is sent: drop the one too large, send the rest.
-                index = error.index or 0
-                source_event, _ = fresh.pop(index)
+                source_event, _ = fresh.pop(error.index or 0)
                 if self._strict:
                     raise BackfillError(
                         f"{source_event.where}: {error.problem} (--strict: stopped here)"
@@ -143,9 +147,7 @@ class _Batcher:
                 self._reject(source_event.where, error.problem)
                 continue
             self._result.imported += len(fresh)
-            break
-        # Ids repeat only within what is in flight; the read tables answer for older batches.
-        self._batch_ids.clear()
+            return
 
 
 async def backfill(
@@ -171,25 +173,44 @@ async def backfill(
     producer = EventProducer(bootstrap_servers, topic=topic, client_options=dict(client_options or {}))
     lookups = await asyncpg.create_pool(writes.libpq_dsn(database_url), min_size=1, max_size=1)
     batcher = _Batcher(producer, lookups, schema, result, strict)
+    # One batch is published while the next is read and checked; publishing waits for the one
+    # before it to be acknowledged, so each partition gets its threads' events in order.
+    publishing: asyncio.Task[None] | None = None
+
+    async def hand_over(batch: Sequence[SourceEvent]) -> None:
+        nonlocal publishing
+        fresh, failed = await batcher.check(batch)
+        if publishing is not None:
+            await publishing
+        publishing = asyncio.create_task(batcher.publish(fresh))
+        if failed is not None:
+            await publishing
+            result.rejected.append(failed)
+            raise BackfillError(f"{failed.where}: {failed.reason} (--strict: stopped here)")
+        result.seconds = time.monotonic() - started
+        if on_progress is not None:
+            on_progress(result)
+
     try:
         pending: list[SourceEvent] = []
         async for thread in source.threads():
             pending.extend(thread)
             while len(pending) >= batch_size:
-                await batcher.flush(pending[:batch_size])
+                await hand_over(pending[:batch_size])
                 del pending[:batch_size]
-                result.seconds = time.monotonic() - started
-                if on_progress is not None:
-                    on_progress(result)
                 if stop is not None and stop.is_set():
                     result.stopped = True
-                    return result
-        await batcher.flush(pending)
-        result.seconds = time.monotonic() - started
-        if on_progress is not None:
-            on_progress(result)
+                    break
+            if result.stopped:
+                break
+        else:
+            await hand_over(pending)
+        if publishing is not None:
+            await publishing
         return result
     finally:
+        if publishing is not None and not publishing.done():
+            publishing.cancel()
         result.seconds = time.monotonic() - started
         result.notes = source.noticed.notes
         await producer.stop()

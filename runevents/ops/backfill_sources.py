@@ -143,7 +143,7 @@ class JsonlSource:
         seen: dict[tuple[str, Any], str] = {}
         ids: Counter[str] = Counter()
         for path in self._run_files(thread):
-            where_file = path.relative_to(self.base)
+            where_file, run_id = path.relative_to(self.base), path.stem
             with path.open("rb") as file:
                 for number, line in enumerate(file, start=1):
                     if not line.strip():
@@ -161,7 +161,7 @@ class JsonlSource:
                         problem = f"not a JSON object but {type(raw).__name__}"
                         keyed.append((-math.inf, position, _unreadable(where, thread_id, problem)))
                         continue
-                    event = self._event(raw, thread_id, path.stem, where, seen, ids)
+                    event = self._event(raw, thread_id, run_id, where, seen, ids)
                     seq = raw.get("seq")
                     order = float(seq) if isinstance(seq, int) and not isinstance(seq, bool) else math.inf
                     keyed.append((order, position, event))
