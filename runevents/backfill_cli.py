@@ -103,7 +103,8 @@ async def _backfill(
             stop=stop,
         )
     finally:
-        bar.stop()
+        if bar.live.is_started:
+            bar.stop()
         await source.close()
 
 

@@ -238,9 +238,13 @@ def _first_problem(error: ValidationError) -> tuple[str, str]:
 
 
 def prepare_event(
-    raw: Mapping[str, Any], *, index: int | None = None, max_trace_content: int | None = None
+    raw: Mapping[str, Any],
+    *,
+    index: int | None = None,
+    max_trace_content: int | None = None,
+    event_id: str | None = None,
 ) -> PreparedEvent:
-    """Validate and normalize one event; raise `InvalidEventError` naming the bad field."""
+    """Validate and normalize one event (a new id unless it brings one); raise `InvalidEventError`."""
     if not isinstance(raw, Mapping):
         raise InvalidEventError("event", f"must be a dict, got {type(raw).__name__}", index=index)
     try:
@@ -251,8 +255,9 @@ def prepare_event(
     content, content_json = _json_value(event.content, "content", index)
     metadata, metadata_json = _json_value(event.metadata or {}, "metadata", index)
     created = datetime.now(UTC) if event.created_at is None else event.created_at.astimezone(UTC)
+    event_id = new_event_id() if event_id is None else event_id
     return _prepared(
-        event, content, content_json, metadata, metadata_json, new_event_id(), created, max_trace_content
+        event, content, content_json, metadata, metadata_json, event_id, created, max_trace_content
     )
 
 

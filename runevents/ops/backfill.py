@@ -12,7 +12,6 @@ events 1..n in the order they arrive; the source's seq orders them and is not ke
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -97,13 +96,11 @@ class _Batcher:
             if problem is None:
                 assert source_event.event is not None
                 try:
-                    prepared = prepare_event(source_event.event, max_trace_content=None)
+                    prepared = prepare_event(source_event.event, event_id=source_event.event_id)
                 except InvalidEventError as error:
                     problem = str(error)
                 else:
-                    events.append(
-                        (source_event, dataclasses.replace(prepared, event_id=source_event.event_id))
-                    )
+                    events.append((source_event, prepared))
                     continue
             if self._strict:
                 failed = Rejected(source_event.where, problem)

@@ -308,3 +308,24 @@ async def test_a_killed_backfill_run_again_finishes_the_job_in_order_without_dup
         assert [r["content"] for r in imported[thread]] == [
             f"{thread} {seq}" for seq in range(1, per_thread + 1)
         ]
+
+
+async def test_backfill_refuses_what_it_cannot_read_in_one_line(
+    kafka_bootstrap: str, bus_db: str, topic: str, tmp_path: Path
+):
+    (tmp_path / "empty").mkdir()
+    await upgrade_async(f"sqlite:///{tmp_path / 'other.db'}")
+    nothing = f"sqlite:///{tmp_path / 'nothing.db'}"
+    cases = [
+        ([str(tmp_path / "missing")], "is neither a directory nor a database URL"),
+        ([str(tmp_path / "empty")], "has no threads/ directory: not a runevents or deer-flow JSONL"),
+        ([str(tmp_path), "--source-schema", "s"], "--source-schema is for a database source"),
+        ([nothing], "has no run_events table: expected runevents' or deer-flow's run_events"),
+        ([f"sqlite:///{tmp_path / 'other.db'}", "--topic", "nope"], "topic 'nope' does not exist"),
+    ]
+    for arguments, message in cases:
+        result = await cli("backfill", *arguments, "--database", bus_db, "--kafka", kafka_bootstrap)
+        assert result.exit_code == 1, (arguments, result.output)
+        assert result.output.startswith("error: "), result.output
+        assert message in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1, result.output
