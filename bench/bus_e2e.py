@@ -96,7 +96,7 @@ def events(count: int, tag: str) -> list[dict[str, Any]]:
 @contextlib.contextmanager
 def projectors(kafka: str, url: URL, topic: str) -> Iterator[list[subprocess.Popen[bytes]]]:
     """`PROJECTORS` projector processes in one group; stopped with SIGTERM at the end."""
-    command = [sys.executable, "-m", "runevents.cli", "project", "--kafka", kafka]
+    command = [sys.executable, "-m", "runevents.cli", "project", "--kafka", kafka, "--metrics-port", "0"]
     processes = [
         subprocess.Popen(
             [*command, "--database", libpq_dsn(url), "--topic", topic, "--session-timeout-ms", "2000"],

@@ -9,10 +9,19 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from runevents.cli_support import DatabaseUrl, KafkaServers, RateColumn, run_or_fail, stop_on_signals
+from runevents.cli_support import (
+    DatabaseUrl,
+    KafkaServers,
+    ProjectionSchema,
+    RateColumn,
+    Topic,
+    run_or_fail,
+    settings_of,
+    stop_on_signals,
+)
 from runevents.ops import backfill as ops
 from runevents.ops.backfill_sources import open_source
-from runevents.topic import DEFAULT_TOPIC
+from runevents.settings import Settings
 
 SHOWN_REJECTED: Final = 20
 SOME_REJECTED: Final = 2  # the exit status of a backfill that imported all but the rejected records
@@ -26,15 +35,10 @@ def backfill(
             "the URL of a runevents database or of deer-flow's (postgresql://... or sqlite:///...)."
         ),
     ],
-    database_url: DatabaseUrl,
-    bootstrap_servers: KafkaServers,
-    topic: Annotated[str, typer.Option(help="The topic to publish to.")] = DEFAULT_TOPIC,
-    schema: Annotated[
-        str | None,
-        typer.Option(
-            help="Schema of the read tables checked for what is imported already (default: public)."
-        ),
-    ] = None,
+    database_url: DatabaseUrl = None,
+    bootstrap_servers: KafkaServers = None,
+    topic: Topic = None,
+    schema: ProjectionSchema = None,
     source_schema: Annotated[
         str | None, typer.Option(help="PostgreSQL schema of the source's run_events table.")
     ] = None,
@@ -54,14 +58,12 @@ def backfill(
     on; with --strict the backfill stops there. Exit status: 0 all imported or skipped, 2 some
     rejected, 1 could not run (or stopped by --strict), 130 stopped by Ctrl-C (run it again to go on).
     """
-    console = Console(highlight=False, soft_wrap=True)
-    result = run_or_fail(
-        _backfill(
-            console, source, source_schema, bootstrap_servers, database_url, topic, schema, strict, batch
-        ),
-        database_url,
+    settings = settings_of(
+        database_url=database_url, kafka=bootstrap_servers, topic=topic, schema_name=schema
     )
-    _summarize(console, result, topic)
+    console = Console(highlight=False, soft_wrap=True)
+    result = run_or_fail(_backfill(console, source, source_schema, settings, strict, batch), settings)
+    _summarize(console, result, settings.topic)
     if result.stopped:
         raise typer.Exit(130)
     if result.rejected:
@@ -69,21 +71,13 @@ def backfill(
 
 
 async def _backfill(
-    console: Console,
-    location: str,
-    source_schema: str | None,
-    bootstrap_servers: str,
-    database_url: str,
-    topic: str,
-    schema: str | None,
-    strict: bool,
-    batch: int,
+    console: Console, location: str, source_schema: str | None, settings: Settings, strict: bool, batch: int
 ) -> ops.Backfilled:
     source = await open_source(location, source_schema)
     stop = stop_on_signals()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn("rec/s"))
     bar = Progress(*columns, TimeRemainingColumn(), console=console)
-    task = bar.add_task(f"{source.description} -> {topic}", total=None)
+    task = bar.add_task(f"{source.description} -> {settings.topic}", total=None)
 
     def show(result: ops.Backfilled) -> None:
         if not bar.live.is_started:  # started with the first batch: a refusal shows its error alone
@@ -93,14 +87,15 @@ async def _backfill(
     try:
         return await ops.backfill(
             source,
-            bootstrap_servers,
-            database_url,
-            topic=topic,
-            schema=schema,
+            settings.bootstrap_servers(),
+            settings.database(),
+            topic=settings.topic,
+            schema=settings.schema_name,
             strict=strict,
             batch_size=batch,
             on_progress=show,
             stop=stop,
+            client_options=settings.kafka_options(),
         )
     finally:
         if bar.live.is_started:

@@ -6,7 +6,6 @@ import asyncio
 import logging
 import os
 import shutil
-import signal
 import tempfile
 import time
 from collections import Counter
@@ -18,7 +17,6 @@ from typing import Annotated, Any, Final
 import orjson
 import typer
 from aiokafka.errors import KafkaError
-from alembic.util import CommandError
 from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
@@ -27,10 +25,9 @@ from rich.text import Text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
+from runevents import admin_cli
 from runevents.backfill_cli import backfill as backfill_command
-from runevents.cli_support import DatabaseUrl, KafkaServers, error_line, fail, password_of
-from runevents.consumer import Projector
-from runevents.consumer.projector import DEFAULT_PROJECTION
+from runevents.cli_support import CONFIG_FILE, error_line, fail
 from runevents.dead_letters_cli import dead_letters_app
 from runevents.devstack.stack import (
     DATABASE_ENV,
@@ -48,9 +45,8 @@ from runevents.heap import keep_heap_top
 from runevents.promote_cli import projection_app
 from runevents.promote_cli import promote as promote_command
 from runevents.replay_cli import replay as replay_command
-from runevents.store import JsonlRunEventStore, RunEventStore, migrate
-from runevents.store.sql import engine_for
-from runevents.topic import DEFAULT_TOPIC
+from runevents.settings import CONFIG_ENV
+from runevents.store import JsonlRunEventStore, RunEventStore
 
 app = typer.Typer(
     rich_markup_mode="markdown",
@@ -58,17 +54,6 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-db_app = typer.Typer(
-    rich_markup_mode="markdown",
-    help="The read tables' database: create and upgrade them.",
-    no_args_is_help=True,
-)
-app.add_typer(db_app, name="db")
-app.add_typer(dead_letters_app, name="dead-letters")
-app.command("replay")(replay_command)
-app.command("promote")(promote_command)
-app.command("backfill")(backfill_command)
-app.add_typer(projection_app, name="projection")
 
 PAGE: Final = 8  # messages per page in the demo (deer-flow's default is 50)
 RUN_ROWS: Final = 16  # events of the sample run shown before eliding the rest
@@ -78,8 +63,24 @@ PROGRESS_TICK_S: Final = 0.25  # how often the bus demo's progress bar looks at 
 
 
 @app.callback()
-def main() -> None:
-    """runevents: storage for the event streams of AI agent runs."""
+def main(
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            envvar=CONFIG_ENV,
+            help="A TOML file of settings (see `runevents config`); options and RUNEVENTS_* "
+            "variables take precedence over it.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """runevents: storage for the event streams of AI agent runs.
+
+    Every setting can be given as an option, as a RUNEVENTS_* variable or in the --config file;
+    `runevents config` prints them all and where each came from.
+    """
+    CONFIG_FILE.set(config)
     # Every command runs in a process of runevents' own (a projector, the demo and its writers).
     keep_heap_top()
 
@@ -602,108 +603,17 @@ def _check_acknowledged(summary: FleetSummary, stored: dict[str, _Stored]) -> tu
     return not missing, f"records the writers got back: {len(summary.acknowledged):,}, {verdict}"
 
 
-@db_app.command("upgrade")
-def db_upgrade(
-    url: Annotated[str, typer.Argument(help="postgresql://user:password@host/db or sqlite:///path/to.db")],
-    schema: Annotated[
-        str | None, typer.Option(help="PostgreSQL schema to keep the tables in (created if missing).")
-    ] = None,
-) -> None:
-    """Create the read tables, or upgrade them to the revision this runevents needs."""
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        # Not echoed: an unparseable URL may still hold a password.
-        fail("not a database URL; expected e.g. postgresql://user@host/db or sqlite:///runevents.db")
-    shown = parsed.render_as_string(hide_password=True)
-    if parsed.get_backend_name() not in ("postgresql", "sqlite"):
-        fail(f"the read tables live in PostgreSQL or SQLite, not {parsed.get_backend_name()} ({shown})")
-    if schema is not None:
-        if parsed.get_backend_name() != "postgresql":
-            fail(f"--schema is for PostgreSQL only, not {shown}")
-        shown += f" (schema {schema})"
-    try:
-        before, after = asyncio.run(_db_upgrade(url, schema))
-    # ImportError: a driver named in the URL (postgresql+psycopg) that is not installed.
-    except (SQLAlchemyError, CommandError, OSError, ValueError, ImportError) as error:
-        fail(f"cannot upgrade {shown}: {error_line(error, parsed.password)}")
-    done = "" if before != after else " (already at head, nothing to do)"
-    typer.echo(f"{shown}: {before or 'none'} -> {after}{done}")
-
-
-async def _db_upgrade(url: str, schema: str | None) -> tuple[str | None, str | None]:
-    """Upgrade the read tables to head: the revisions (before, after)."""
-    engine = engine_for(url, schema=schema)
-    try:
-        async with engine.connect() as connection:
-            before = await migrate.current_revision(connection, schema=schema)
-        await migrate.upgrade_async(url, schema=schema)
-        async with engine.connect() as connection:
-            after = await migrate.current_revision(connection, schema=schema)
-    finally:
-        await engine.dispose()
-    return before, after
-
-
-@app.command()
-def project(
-    database_url: DatabaseUrl,
-    bootstrap_servers: KafkaServers,
-    topic: Annotated[str, typer.Option(help="The topic to project.")] = DEFAULT_TOPIC,
-    projection: Annotated[
-        str, typer.Option(help="The projection's name (its offsets are kept under it).")
-    ] = (DEFAULT_PROJECTION),
-    schema: Annotated[str | None, typer.Option(help="PostgreSQL schema of the projection's tables.")] = None,
-    partitions: Annotated[
-        str | None,
-        typer.Option(
-            help="Own these partitions (e.g. 0,1,2) instead of sharing the topic in a consumer group."
-        ),
-    ] = None,
-    session_timeout_ms: Annotated[
-        int,
-        typer.Option(
-            min=1000, help="How long the group waits for a silent projector before moving its partitions."
-        ),
-    ] = 10_000,
-) -> None:
-    """Run one projector: apply the topic's records to the read tables until SIGTERM or Ctrl-C."""
-    owned: list[int] | None = None
-    if partitions is not None:
-        try:
-            owned = sorted({int(part) for part in partitions.split(",") if part.strip()})
-        except ValueError:
-            fail(f"--partitions takes comma-separated partition numbers, got {partitions!r}")
-    password = password_of(database_url)
-    projector = Projector(
-        bootstrap_servers,
-        database_url,
-        topic=topic,
-        projection=projection,
-        schema=schema,
-        partitions=owned,
-        consumer_options={
-            "session_timeout_ms": session_timeout_ms,
-            "heartbeat_interval_ms": max(session_timeout_ms // 4, 250),
-        },
-    )
-    try:
-        asyncio.run(_project(projector))
-    except (SQLAlchemyError, OSError, RunEventsError, KafkaError) as error:
-        fail(f"projector stopped: {error_line(error, password)}")
-
-
-async def _project(projector: Projector) -> None:
-    """Run the projector until SIGTERM or SIGINT, then let it finish its batch and leave the group."""
-    # Its own lines (assignments, stale batches, dead letters) at INFO; the Kafka client's at WARNING.
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("aiokafka").setLevel(logging.WARNING)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await projector.run(stop)
-
+# The operator's commands, after `demo`, in the order an operator meets them.
+app.command("project")(admin_cli.project)
+app.command("replay")(replay_command)
+app.command("promote")(promote_command)
+app.add_typer(projection_app, name="projection")
+app.command("backfill")(backfill_command)
+app.add_typer(dead_letters_app, name="dead-letters")
+app.add_typer(admin_cli.db_app, name="db")
+app.add_typer(admin_cli.topic_app, name="topic")
+app.command("schema")(admin_cli.schema)
+app.command("config")(admin_cli.config)
 
 if __name__ == "__main__":
     app()

@@ -13,8 +13,9 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from runevents.cli_support import DatabaseUrl, KafkaServers, fail, run_or_fail
+from runevents.cli_support import DatabaseUrl, KafkaServers, ProjectionSchema, fail, run_or_fail, settings_of
 from runevents.ops import dead_letters as ops
+from runevents.settings import Settings
 from runevents.store.sql import engine_for
 
 dead_letters_app = typer.Typer(
@@ -24,22 +25,21 @@ dead_letters_app = typer.Typer(
     no_args_is_help=True,
 )
 
-Schema = Annotated[str | None, typer.Option(help="PostgreSQL schema of the projection's tables.")]
 Ids = Annotated[list[int], typer.Argument(help="Dead letter ids, as `list` shows them.", min=1)]
 T = TypeVar("T")
 
 
-def _run(database_url: str, schema: str | None, work: Callable[[AsyncEngine], Awaitable[T]]) -> T:
+def _run(settings: Settings, work: Callable[[AsyncEngine], Awaitable[T]]) -> T:
     """Run `work` with an engine on the database; any failure is one line and exit 1."""
 
     async def main() -> T:
-        engine = engine_for(database_url, schema=schema)
+        engine = engine_for(settings.database(), schema=settings.schema_name)
         try:
             return await work(engine)
         finally:
             await engine.dispose()
 
-    return run_or_fail(main(), database_url)
+    return run_or_fail(main(), settings)
 
 
 def _text(data: bytes | None) -> str:
@@ -54,8 +54,8 @@ def _text(data: bytes | None) -> str:
 
 @dead_letters_app.command("list")
 def list_letters(
-    database_url: DatabaseUrl,
-    schema: Schema = None,
+    database_url: DatabaseUrl = None,
+    schema: ProjectionSchema = None,
     status: Annotated[
         str, typer.Option(help="open (not yet dealt with), retried, dropped, or all.")
     ] = ops.OPEN,
@@ -68,8 +68,7 @@ def list_letters(
         fail(f"--status takes open, retried, dropped or all, not {status!r}")
     chosen: Any = None if status == "all" else status
     letters = _run(
-        database_url,
-        schema,
+        settings_of(database_url=database_url, schema_name=schema),
         lambda engine: ops.list_dead_letters(
             engine, status=chosen, projection=projection, topic=topic, limit=limit
         ),
@@ -88,11 +87,12 @@ def list_letters(
 @dead_letters_app.command("show")
 def show(
     letter_id: Annotated[int, typer.Argument(help="The dead letter's id.")],
-    database_url: DatabaseUrl,
-    schema: Schema = None,
+    database_url: DatabaseUrl = None,
+    schema: ProjectionSchema = None,
 ) -> None:
     """Show one dead letter whole: where it was, why, its key, headers and value, and its fate."""
-    letter = _run(database_url, schema, lambda engine: ops.get_dead_letter(engine, letter_id))
+    settings = settings_of(database_url=database_url, schema_name=schema)
+    letter = _run(settings, lambda engine: ops.get_dead_letter(engine, letter_id))
     typer.echo(f"id:          {letter.id}")
     typer.echo(f"projection:  {letter.projection}")
     typer.echo(f"record:      {letter.source}")
@@ -112,9 +112,9 @@ def show(
 @dead_letters_app.command("retry")
 def retry(
     letter_ids: Ids,
-    database_url: DatabaseUrl,
-    bootstrap_servers: KafkaServers,
-    schema: Schema = None,
+    database_url: DatabaseUrl = None,
+    bootstrap_servers: KafkaServers = None,
+    schema: ProjectionSchema = None,
     value_file: Annotated[
         Path | None,
         typer.Option(
@@ -129,11 +129,16 @@ def retry(
 ) -> None:
     """Re-publish open dead letters to their topics, after the record or the projector was fixed."""
     value = value_file.read_bytes() if value_file is not None else None
+    settings = settings_of(database_url=database_url, kafka=bootstrap_servers, schema_name=schema)
     retried = _run(
-        database_url,
-        schema,
+        settings,
         lambda engine: ops.retry_dead_letters(
-            engine, bootstrap_servers, letter_ids, value=value, force=force
+            engine,
+            settings.bootstrap_servers(),
+            letter_ids,
+            value=value,
+            force=force,
+            client_options=settings.kafka_options(),
         ),
     )
     for done in retried:
@@ -146,10 +151,11 @@ def retry(
 @dead_letters_app.command("drop")
 def drop(
     letter_ids: Ids,
-    database_url: DatabaseUrl,
     note: Annotated[str, typer.Option(help="Why it is dropped; kept with the letter.")],
-    schema: Schema = None,
+    database_url: DatabaseUrl = None,
+    schema: ProjectionSchema = None,
 ) -> None:
     """Mark open dead letters as dropped, with a note; the records stay in the table."""
-    dropped = _run(database_url, schema, lambda engine: ops.drop_dead_letters(engine, letter_ids, note=note))
+    settings = settings_of(database_url=database_url, schema_name=schema)
+    dropped = _run(settings, lambda engine: ops.drop_dead_letters(engine, letter_ids, note=note))
     typer.echo(f"dropped {len(dropped)}: {', '.join(str(letter.id) for letter in dropped)}")

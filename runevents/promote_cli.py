@@ -6,9 +6,8 @@ from typing import Annotated
 
 import typer
 
-from runevents.cli_support import DatabaseUrl, KafkaServers, run_or_fail
+from runevents.cli_support import DatabaseUrl, KafkaServers, Topic, run_or_fail, settings_of
 from runevents.ops import promote as ops
-from runevents.topic import DEFAULT_TOPIC
 
 projection_app = typer.Typer(
     rich_markup_mode="markdown",
@@ -27,11 +26,11 @@ Schema = Annotated[
 
 def promote(
     projection: Annotated[str, typer.Argument(help="The projection readers are to see.")],
-    database_url: DatabaseUrl,
-    bootstrap_servers: KafkaServers,
+    database_url: DatabaseUrl = None,
+    bootstrap_servers: KafkaServers = None,
     schema: Schema = None,
     serving: Serving = ops.DEFAULT_SERVING,
-    topic: Annotated[str, typer.Option(help="The topic the projection applies.")] = DEFAULT_TOPIC,
+    topic: Topic = None,
     max_lag: Annotated[
         int, typer.Option(min=0, help="Refuse if the projection is more records than this behind the topic.")
     ] = ops.DEFAULT_MAX_LAG,
@@ -42,17 +41,20 @@ def promote(
     tables or the new one's, never a mix. The first promotion creates the serving schema: point
     readers at it once (`?schema=serving` in their URL), and every later switch is this command.
     """
+    settings = settings_of(database_url=database_url, kafka=bootstrap_servers, topic=topic)
+    topic = settings.topic
     promoted = run_or_fail(
         ops.promote(
-            bootstrap_servers,
-            database_url,
+            settings.bootstrap_servers(),
+            settings.database(),
             projection,
             schema=schema,
             serving=serving,
             topic=topic,
             max_lag=max_lag,
+            client_options=settings.kafka_options(),
         ),
-        database_url,
+        settings,
     )
     typer.echo(
         f"schema {serving!r} now serves projection {promoted.projection!r} (schema {promoted.schema}), "
@@ -63,7 +65,7 @@ def promote(
 @projection_app.command("drop")
 def drop(
     projection: Annotated[str, typer.Argument(help="The projection to drop, with its schema.")],
-    database_url: DatabaseUrl,
+    database_url: DatabaseUrl = None,
     schema: Schema = None,
     serving: Serving = ops.DEFAULT_SERVING,
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
@@ -72,14 +74,16 @@ def drop(
     where = ops.projection_schema(projection, schema)
     if not yes:
         typer.confirm(f"drop projection {projection!r} and schema {where!r} with all its tables?", abort=True)
-    run_or_fail(ops.drop(database_url, projection, schema=schema, serving=serving), database_url)
+    settings = settings_of(database_url=database_url)
+    run_or_fail(ops.drop(settings.database(), projection, schema=schema, serving=serving), settings)
     typer.echo(f"dropped projection {projection!r} (schema {where})")
 
 
 @projection_app.command("history")
-def history(database_url: DatabaseUrl, serving: Serving = ops.DEFAULT_SERVING) -> None:
+def history(database_url: DatabaseUrl = None, serving: Serving = ops.DEFAULT_SERVING) -> None:
     """Every promotion of the serving schema, oldest first; the last one is served now."""
-    promotions = run_or_fail(ops.history(database_url, serving), database_url)
+    settings = settings_of(database_url=database_url)
+    promotions = run_or_fail(ops.history(settings.database(), serving), settings)
     if not promotions:
         typer.echo(f"nothing was ever promoted in schema {serving!r}")
         return

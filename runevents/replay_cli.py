@@ -2,34 +2,30 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated
 
 import typer
-from aiokafka.errors import KafkaError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
-from sqlalchemy.exc import SQLAlchemyError
 
 from runevents.cli_support import (
     DatabaseUrl,
     KafkaServers,
     RateColumn,
-    error_line,
-    fail,
-    password_of,
+    Topic,
+    run_or_fail,
+    settings_of,
     stop_on_signals,
 )
-from runevents.errors import RunEventsError
 from runevents.ops import replay as ops
-from runevents.topic import DEFAULT_TOPIC
+from runevents.settings import Settings
 
 
 def replay(
     projection: Annotated[str, typer.Option(help="Name of the new projection (a lower-case identifier).")],
-    database_url: DatabaseUrl,
-    bootstrap_servers: KafkaServers,
-    topic: Annotated[str, typer.Option(help="The topic to replay.")] = DEFAULT_TOPIC,
+    database_url: DatabaseUrl = None,
+    bootstrap_servers: KafkaServers = None,
+    topic: Topic = None,
     schema: Annotated[
         str | None, typer.Option(help="PostgreSQL schema of the new tables (default: the projection's name).")
     ] = None,
@@ -40,13 +36,10 @@ def replay(
 
     Refuses a topic whose log no longer starts at offset 0 (retention not -1).
     """
+    settings = settings_of(database_url=database_url, kafka=bootstrap_servers, topic=topic)
+    topic = settings.topic
     console = Console(highlight=False, soft_wrap=True)  # summary lines whole, for logs and greps
-    try:
-        replayed = asyncio.run(_replay(console, bootstrap_servers, database_url, topic, projection, schema))
-    except ops.ReplayError as error:
-        fail(str(error))
-    except (SQLAlchemyError, OSError, RunEventsError, KafkaError) as error:
-        fail(error_line(error, password_of(database_url)))
+    replayed = run_or_fail(_replay(console, settings, projection, schema), settings)
     where = f"projection {projection!r} (schema {schema or projection})"
     if not replayed.caught_up:
         console.print(
@@ -64,14 +57,8 @@ def replay(
     )
 
 
-async def _replay(
-    console: Console,
-    bootstrap_servers: str,
-    database_url: str,
-    topic: str,
-    projection: str,
-    schema: str | None,
-) -> ops.Replayed:
+async def _replay(console: Console, settings: Settings, projection: str, schema: str | None) -> ops.Replayed:
+    topic = settings.topic
     stop = stop_on_signals()
     columns = (
         TextColumn("{task.description}"),
@@ -98,13 +85,14 @@ async def _replay(
 
     try:
         return await ops.replay(
-            bootstrap_servers,
-            database_url,
+            settings.bootstrap_servers(),
+            settings.database(),
             projection=projection,
             schema=schema,
             topic=topic,
             on_progress=show,
             stop=stop,
+            client_options=settings.kafka_options(),
         )
     finally:
         if tasks:

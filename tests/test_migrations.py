@@ -251,9 +251,12 @@ def closed_port() -> int:
     [
         (["postgresql://bob:s3cret@127.0.0.1:{port}/runs"], "cannot upgrade postgresql://bob:***@127.0.0.1:"),
         (["postgresql+asyncpg://bob:s3cret@127.0.0.1:{port}/runs"], "ConnectionRefusedError"),
-        (["sqlite:///{tmp}/no/such/dir/read.db"], "OperationalError: unable to open database file"),
-        (["postgres//bob:s3cret@host/runs"], "not a database URL"),
-        (["mysql://bob:s3cret@127.0.0.1:{port}/runs"], "PostgreSQL or SQLite, not mysql"),
+        (["sqlite:///{tmp}/no/such/dir/read.db"], "/no/such/dir does not exist"),
+        (["postgres//bob:s3cret@host/runs"], "database_url (option --database): expected a database URL"),
+        (
+            ["mysql://bob:s3cret@127.0.0.1:{port}/runs"],
+            "expected a postgresql:// or sqlite:// URL, got mysql://",
+        ),
         (["sqlite:///{tmp}/read.db", "--schema", "tenant"], "--schema is for PostgreSQL only"),
     ],
 )

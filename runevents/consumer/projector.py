@@ -27,6 +27,7 @@ from sqlalchemy import BigInteger, Integer, Text, bindparam, delete, select, tex
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from runevents import metrics
 from runevents.events import (
     PUT_IF_ABSENT,
     DeleteRunEnvelope,
@@ -159,6 +160,11 @@ class Projector:
     def assignment(self) -> set[TopicPartition]:
         """The partitions this projector owns now."""
         return set(self._positions)
+
+    async def check_database(self) -> None:
+        """Raise unless the read tables' database answers a query."""
+        async with self._engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
 
     def progress(self) -> dict[int, tuple[int, int | None]]:
         """Per owned partition: the stored next offset, and the end of the log as last fetched (or None)."""
@@ -345,12 +351,11 @@ class Projector:
         elapsed = time.perf_counter() - started
         self.batches += 1
         self.batch_seconds += elapsed
-        log.debug(
-            "applied %d records of %d partitions in %.1f ms",
-            sum(len(records) for _, records, _, _ in owned),
-            len(owned),
-            elapsed * 1000,
+        size = sum(len(records) for _, records, _, _ in owned)
+        metrics.observe_batch(
+            self.topic, self.projection, size, elapsed, self._batch_projected, self._batch_dead
         )
+        log.debug("applied %d records of %d partitions in %.1f ms", size, len(owned), elapsed * 1000)
         if self._batch_dead:
             # One line a batch, not one a record: a burst of garbage must not flood the log.
             log.warning(

@@ -326,6 +326,7 @@ class DevStack:
     async def _spawn_projector(self, number: int) -> asyncio.subprocess.Process:
         """Start `runevents project` in a process of its own, in the stack's projection and group."""
         args = ["-m", "runevents.cli", "project", "--topic", self.name, "--projection", self.name]
+        args += ["--metrics-port", "0"]  # several projectors on one host: none serves metrics
         args += ["--schema", self.name, "--session-timeout-ms", str(SESSION_TIMEOUT_MS)]
         return await self._spawn(f"projector-{number}", args)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import defaultdict
 from typing import Any, Final
 
@@ -21,6 +22,7 @@ from sqlalchemy import MetaData, Table
 
 from runevents.consumer.projector import NOTIFY_CHANNEL
 from runevents.errors import RunEventsError
+from runevents.metrics import READ_YOUR_WRITES_WAIT
 from runevents.store import writes
 from runevents.store.schema import projection_offsets
 
@@ -162,11 +164,14 @@ class ProjectionWatcher:
             self._waiters[partition].append((offset, future))
             futures.append(future)
         if not futures:
+            READ_YOUR_WRITES_WAIT.labels(self._topic).observe(0.0)
             return
         self._poke.set()  # a first poll now: the offsets may have passed before the listener started
+        started = time.perf_counter()
         try:
             async with asyncio.timeout(timeout_s):
                 await asyncio.gather(*futures)
+            READ_YOUR_WRITES_WAIT.labels(self._topic).observe(time.perf_counter() - started)
         except TimeoutError:
             behind = {p: o for p, o in positions.items() if self._reached.get(p, -1) <= o}
             raise ProjectionTimeout(

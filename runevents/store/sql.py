@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Final
+from urllib.parse import urlencode
 
 import asyncpg
 from sqlalchemy import (
@@ -67,6 +68,10 @@ def _json_text(value: Any) -> str:
     return to_json(value).decode()
 
 
+# libpq's TLS parameters, as a database URL's query may carry them (see runevents.settings).
+LIBPQ_TLS: Final = ("sslmode", "sslrootcert", "sslcert", "sslkey", "sslpassword", "sslcrl")
+
+
 def engine_for(url: str, *, schema: str | None = None, pool_size: int = 8) -> AsyncEngine:
     """An async engine for a PostgreSQL or SQLite URL (`postgresql://` and `sqlite://` get async drivers)."""
     parsed = make_url(url)
@@ -77,6 +82,12 @@ def engine_for(url: str, *, schema: str | None = None, pool_size: int = 8) -> As
     options: dict[str, Any] = {}
     if schema is not None:
         options["execution_options"] = {"schema_translate_map": {None: schema}}
+    tls = {key: parsed.query[key] for key in LIBPQ_TLS if key in parsed.query}
+    if tls and parsed.get_backend_name() == "postgresql":
+        # asyncpg reads libpq's TLS parameters from a DSN, not as keywords: hand them over as one
+        # (the URL's host, user and database, passed as keywords, take precedence over its empty parts).
+        parsed = parsed.difference_update_query(tls)
+        options["connect_args"] = {"dsn": "postgresql://?" + urlencode(tls)}
     if parsed.get_backend_name() == "sqlite":
         if parsed.database in (None, "", ":memory:"):
             # Every connection to an in-memory SQLite is a new database: share one.

@@ -51,6 +51,7 @@ async def running(projector: Projector) -> AsyncIterator[Projector]:
 def projector_process(kafka: str, url: str, topic: str, *options: str) -> subprocess.Popen[bytes]:
     """`runevents project` in an OS process of its own (group mode, fast group joins)."""
     command = [sys.executable, "-m", "runevents.cli", "project", "--kafka", kafka, "--database", url]
+    command += ["--metrics-port", "0"]  # several on one host: no port of their own
     return subprocess.Popen(
         [*command, "--topic", topic, "--session-timeout-ms", "2000", *options],
         stdout=subprocess.PIPE,

@@ -126,6 +126,7 @@ async def assert_ledger_holds(url: str, ledger: Ledger) -> None:
 def projector_process(kafka: str, url: str, topic: str, log: Path) -> subprocess.Popen[bytes]:
     """`runevents project` in a group with fast joins, writing to `log` (a full pipe would stall it)."""
     command = [sys.executable, "-m", "runevents.cli", "project", "--kafka", kafka, "--database", url]
+    command += ["--metrics-port", "0"]  # several on one host: no port of their own
     with log.open("wb") as output:
         process = subprocess.Popen(
             [*command, "--topic", topic, "--session-timeout-ms", "2000"],

@@ -1,0 +1,299 @@
+"""Settings: one class, read from command-line options, `RUNEVENTS_*` variables and a TOML file.
+
+Precedence, highest first: an option given on the command line, the environment, the TOML file
+(`--config PATH` or `RUNEVENTS_CONFIG`), the default. `Settings.origins` says where each value
+came from, for `runevents config`. Secrets (the database and SASL passwords) are `SecretStr`: they
+print as `**********`, and the database URL is shown without its password; nothing here logs them.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final, Literal
+from urllib.parse import urlencode
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from runevents.consumer.projector import DEFAULT_PROJECTION
+from runevents.errors import RunEventsError
+from runevents.topic import DEFAULT_TOPIC
+
+ENV_PREFIX: Final = "RUNEVENTS_"
+CONFIG_ENV: Final = "RUNEVENTS_CONFIG"
+DEFAULT_METRICS_PORT: Final = 9400
+SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+
+
+class SettingsError(RunEventsError):
+    """A setting that is missing or wrong; the message names it and says what it expected."""
+
+
+class Settings(BaseSettings):
+    """Everything a `runevents` process is configured with."""
+
+    # Values come from `load_settings`, which merges the sources itself to know each one's origin.
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
+
+    database_url: str | None = Field(
+        default=None,
+        description="The read tables' database: postgresql://user@host:5432/db (or sqlite:///path)",
+    )
+    database_password: SecretStr | None = Field(
+        default=None, description="The database password, if not in the URL (it replaces the URL's)"
+    )
+    database_sslmode: SslMode | None = Field(default=None, description="libpq's sslmode for PostgreSQL")
+    database_sslrootcert: Path | None = Field(
+        default=None, description="CA certificate the server's is checked against"
+    )
+    database_sslcert: Path | None = Field(
+        default=None, description="Client certificate, for certificate authentication"
+    )
+    database_sslkey: Path | None = Field(default=None, description="The client certificate's key")
+    kafka: str | None = Field(default=None, description="Kafka bootstrap servers: host:port[,host:port...]")
+    kafka_security_protocol: SecurityProtocol = Field(
+        default="PLAINTEXT", description="How to reach the brokers"
+    )
+    kafka_sasl_mechanism: SaslMechanism | None = Field(
+        default=None, description="SASL mechanism (SASL_* protocols)"
+    )
+    kafka_sasl_username: str | None = Field(default=None, description="SASL user name")
+    kafka_sasl_password: SecretStr | None = Field(default=None, description="SASL password")
+    kafka_ssl_cafile: Path | None = Field(
+        default=None, description="CA certificate the brokers' are checked against"
+    )
+    kafka_ssl_certfile: Path | None = Field(default=None, description="Client certificate (mutual TLS)")
+    kafka_ssl_keyfile: Path | None = Field(default=None, description="The client certificate's key")
+    kafka_ssl_check_hostname: bool = Field(
+        default=True, description="Check the brokers' certificates name them"
+    )
+    topic: str = Field(default=DEFAULT_TOPIC, description="The run-events topic")
+    projection: str = Field(default=DEFAULT_PROJECTION, description="The projection a projector applies")
+    schema_name: str | None = Field(default=None, description="PostgreSQL schema of the projection's tables")
+    metrics_port: int = Field(
+        default=DEFAULT_METRICS_PORT,
+        ge=0,
+        le=65535,
+        description="Projector's /metrics and /healthz port (0: off)",
+    )
+    metrics_host: str = Field(default="0.0.0.0", description="Address the metrics port listens on")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level")
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            url = make_url(value)
+        except ArgumentError:
+            raise ValueError("expected a database URL such as postgresql://user@host:5432/db") from None
+        if url.get_backend_name() not in ("postgresql", "sqlite"):
+            raise ValueError(f"expected a postgresql:// or sqlite:// URL, got {url.drivername}://")
+        return value
+
+    @field_validator("kafka")
+    @classmethod
+    def _check_kafka(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        for server in value.split(","):
+            host, _, port = server.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"expected host:port[,host:port...], got {server.strip()!r}")
+        return value
+
+    @field_validator(
+        "database_sslrootcert",
+        "database_sslcert",
+        "database_sslkey",
+        "kafka_ssl_cafile",
+        "kafka_ssl_certfile",
+        "kafka_ssl_keyfile",
+    )
+    @classmethod
+    def _check_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"expected a readable file, but {value} is not one")
+        return value
+
+    @model_validator(mode="after")
+    def _check_sasl(self) -> Settings:
+        if self.kafka_security_protocol.startswith("SASL_"):
+            missing = [
+                name
+                for name in ("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password")
+                if getattr(self, name) is None
+            ]
+            if missing:
+                raise ValueError(f"{self.kafka_security_protocol} needs {', '.join(missing)}")
+        elif self.kafka_sasl_mechanism is not None:
+            raise ValueError(
+                f"kafka_sasl_mechanism is set, but kafka_security_protocol is "
+                f"{self.kafka_security_protocol}: expected SASL_PLAINTEXT or SASL_SSL"
+            )
+        return self
+
+    def require(self, *names: str) -> None:
+        """Raise `SettingsError` naming the first of `names` that has no value."""
+        for name in names:
+            if getattr(self, name) is None:
+                raise SettingsError(f"setting {name} is missing: {_how_to_set(name)} ({_description(name)})")
+
+    def database(self) -> str:
+        """The database URL to connect with: the password and the TLS settings put in (a secret)."""
+        self.require("database_url")
+        assert self.database_url is not None
+        url = make_url(self.database_url)
+        if self.database_password is not None:
+            url = url.set(password=self.database_password.get_secret_value())
+        tls = {
+            key: str(value)
+            for key, value in (
+                ("sslmode", self.database_sslmode),
+                ("sslrootcert", self.database_sslrootcert),
+                ("sslcert", self.database_sslcert),
+                ("sslkey", self.database_sslkey),
+            )
+            if value is not None
+        }
+        if tls:
+            url = url.update_query_string(urlencode(tls), append=True)
+        return url.render_as_string(hide_password=False)
+
+    def shown_database(self) -> str | None:
+        """The database URL as it may be printed: without its password."""
+        if self.database_url is None:
+            return None
+        return make_url(self.database_url).render_as_string(hide_password=True)
+
+    def bootstrap_servers(self) -> str:
+        """The Kafka bootstrap servers (required)."""
+        self.require("kafka")
+        assert self.kafka is not None
+        return self.kafka
+
+    def kafka_options(self) -> dict[str, Any]:
+        """aiokafka client options for the security settings (empty for PLAINTEXT)."""
+        options: dict[str, Any] = {}
+        protocol = self.kafka_security_protocol
+        if protocol == "PLAINTEXT":
+            return options
+        options["security_protocol"] = protocol
+        if protocol in ("SSL", "SASL_SSL"):
+            context = ssl.create_default_context(
+                cafile=str(self.kafka_ssl_cafile) if self.kafka_ssl_cafile else None
+            )
+            context.check_hostname = self.kafka_ssl_check_hostname
+            if self.kafka_ssl_certfile is not None:
+                context.load_cert_chain(
+                    str(self.kafka_ssl_certfile),
+                    str(self.kafka_ssl_keyfile) if self.kafka_ssl_keyfile else None,
+                )
+            options["ssl_context"] = context
+        if protocol.startswith("SASL_"):
+            assert self.kafka_sasl_password is not None
+            options["sasl_mechanism"] = self.kafka_sasl_mechanism
+            options["sasl_plain_username"] = self.kafka_sasl_username
+            options["sasl_plain_password"] = self.kafka_sasl_password.get_secret_value()
+        return options
+
+    def shown(self) -> dict[str, str]:
+        """Every setting as `runevents config` prints it: secrets masked, the URL without its password."""
+        shown = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if name == "database_url":
+                value = self.shown_database()
+            shown[name] = "-" if value is None else str(value)
+        return shown
+
+
+def _env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def _description(name: str) -> str:
+    return Settings.model_fields[name].description or name
+
+
+def _how_to_set(name: str) -> str:
+    option = _OPTIONS.get(name)
+    where = f"--{option} or " if option else ""
+    return f"{where}{_env_name(name)} or `{name}` in the config file"
+
+
+# The command-line options that stand for settings (the others are set by environment or file).
+_OPTIONS: Final = {"database_url": "database", "kafka": "kafka", "topic": "topic", "schema_name": "schema"}
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as file:
+            document = tomllib.load(file)
+    except OSError as error:
+        raise SettingsError(f"config file {path}: cannot read it ({error.strerror})") from None
+    except tomllib.TOMLDecodeError as error:
+        raise SettingsError(f"config file {path}: not TOML ({error})") from None
+    # Either top-level keys, or a [runevents] table (for a file shared with other tools).
+    values = document.get("runevents", document)
+    if not isinstance(values, dict):
+        raise SettingsError(f"config file {path}: [runevents] must be a table")
+    unknown = sorted(set(values) - set(Settings.model_fields))
+    if unknown:
+        raise SettingsError(f"config file {path}: unknown setting {unknown[0]!r}")
+    return values
+
+
+class Loaded:
+    """Settings and where each value came from."""
+
+    def __init__(self, settings: Settings, origins: dict[str, str]) -> None:
+        self.settings = settings
+        self.origins = origins
+
+
+def load_settings(options: Mapping[str, Any] | None = None, config_file: Path | None = None) -> Loaded:
+    """Settings from options given on the command line (None: not given), the environment and a file."""
+    path = config_file
+    if path is None and os.environ.get(CONFIG_ENV):
+        path = Path(os.environ[CONFIG_ENV])
+    from_file = _read_file(path) if path is not None else {}
+    from_env = EnvSettingsSource(Settings)()
+    given = {name: value for name, value in (options or {}).items() if value is not None}
+    origins = {}
+    for name in Settings.model_fields:
+        if name in given:
+            origins[name] = f"option --{_OPTIONS.get(name, name)}"
+        elif name in from_env:
+            origins[name] = f"env {_env_name(name)}"
+        elif name in from_file:
+            origins[name] = f"file {path}"
+        else:
+            origins[name] = "default"
+    try:
+        # Validated from the merged values alone: the sources were read above, in precedence order.
+        settings = Settings.model_validate({**from_file, **from_env, **given})
+    except ValidationError as error:
+        raise SettingsError(_first_problem(error, origins)) from None
+    return Loaded(settings, origins)
+
+
+def _first_problem(error: ValidationError, origins: Mapping[str, str]) -> str:
+    """One line: the setting, where its value came from, and what was expected (never the value)."""
+    problem = error.errors()[0]
+    name = str(problem["loc"][0]) if problem["loc"] else ""
+    message = problem["msg"].removeprefix("Value error, ")
+    if problem["type"] == "literal_error":
+        message = "expected " + str(problem.get("ctx", {}).get("expected", message))
+    if not name:
+        return f"settings: {message}"
+    return f"setting {name} ({origins.get(name, 'default')}): {message}"
