@@ -56,9 +56,12 @@ class LocalPostgres:
         port: int | None = None,
         durable: bool = False,
         bin_dir: Path | None = None,
+        server_settings: dict[str, str] | None = None,
     ) -> None:
         self.data_dir = data_dir.resolve()
         self.durable = durable
+        # More server settings (`ssl` and its files, for one), over those chosen here.
+        self.server_settings = dict(server_settings or {})
         self.bin_dir = (bin_dir or wheel_bin_dir()).resolve()
         self.log_file = self.data_dir / "server.log"
         self._requested_port = port
@@ -154,7 +157,7 @@ class LocalPostgres:
         if not self.durable:
             # Tests and benchmarks throw the cluster away; a crash losing it costs nothing.
             settings |= {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
-        return settings
+        return settings | self.server_settings
 
     def _pg_ctl_start_args(self, port: int) -> list[str]:
         """The pg_ctl command line that starts the server on `port` and waits until it accepts connections."""
