@@ -65,6 +65,8 @@ def settings_of(**options: Any) -> Settings:
     try:
         settings = load_settings(options, CONFIG_FILE.get()).settings
         settings.require(*(name for name in _REQUIRED if name in options))
+        if "kafka" in options:
+            settings.kafka_options()  # its security settings, checked before anything starts
     except SettingsError as error:
         fail(str(error))
     return settings

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Final, Literal
 from urllib.parse import urlencode
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -125,23 +125,6 @@ class Settings(BaseSettings):
             raise ValueError(f"expected a readable file, but {value} is not one")
         return value
 
-    @model_validator(mode="after")
-    def _check_sasl(self) -> Settings:
-        if self.kafka_security_protocol.startswith("SASL_"):
-            missing = [
-                name
-                for name in ("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password")
-                if getattr(self, name) is None
-            ]
-            if missing:
-                raise ValueError(f"{self.kafka_security_protocol} needs {', '.join(missing)}")
-        elif self.kafka_sasl_mechanism is not None:
-            raise ValueError(
-                f"kafka_sasl_mechanism is set, but kafka_security_protocol is "
-                f"{self.kafka_security_protocol}: expected SASL_PLAINTEXT or SASL_SSL"
-            )
-        return self
-
     def require(self, *names: str) -> None:
         """Raise `SettingsError` naming the first of `names` that has no value."""
         for name in names:
@@ -181,8 +164,29 @@ class Settings(BaseSettings):
         assert self.kafka is not None
         return self.kafka
 
+    def _check_kafka_security(self) -> None:
+        # Checked when Kafka is used, not on load: `db upgrade` needs no SASL password.
+        protocol = self.kafka_security_protocol
+        if protocol.startswith("SASL_"):
+            missing = [
+                name
+                for name in ("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password")
+                if getattr(self, name) is None
+            ]
+            if missing:
+                raise SettingsError(
+                    f"setting kafka_security_protocol is {protocol}, which needs {', '.join(missing)}: "
+                    f"{'; '.join(_how_to_set(name) for name in missing)}"
+                )
+        elif self.kafka_sasl_mechanism is not None:
+            raise SettingsError(
+                f"setting kafka_sasl_mechanism is set, but kafka_security_protocol is {protocol}: "
+                "expected SASL_PLAINTEXT or SASL_SSL"
+            )
+
     def kafka_options(self) -> dict[str, Any]:
         """aiokafka client options for the security settings (empty for PLAINTEXT)."""
+        self._check_kafka_security()
         options: dict[str, Any] = {}
         protocol = self.kafka_security_protocol
         if protocol == "PLAINTEXT":

