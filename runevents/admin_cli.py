@@ -6,7 +6,7 @@ import asyncio
 import logging
 import signal
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Final
 
 import typer
 from aiokafka.errors import KafkaError
@@ -34,8 +34,10 @@ from runevents.events import envelope_json_schema_text
 from runevents.metrics import serve_metrics
 from runevents.settings import Settings, SettingsError, load_settings
 from runevents.store import migrate
-from runevents.store.sql import engine_for
+from runevents.store.sql import DATABASE_ERRORS, engine_for
 from runevents.topic import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_PARTITIONS, create_topic
+
+STARTUP_CHECK_S: Final = 15.0
 
 db_app = typer.Typer(
     rich_markup_mode="markdown",
@@ -220,8 +222,14 @@ def project(
     )
     try:
         asyncio.run(_project(projector, settings))
+    except ProjectorStartError as error:
+        fail(f"projector did not start: {error}")
     except (SQLAlchemyError, OSError, RunEventsError, KafkaError) as error:
         fail(f"projector stopped: {error_line(error, *secrets_of(settings))}")
+
+
+class ProjectorStartError(RunEventsError):
+    """A projector that cannot start; the message says which server and why."""
 
 
 async def _project(projector: Projector, settings: Settings) -> None:
@@ -233,5 +241,17 @@ async def _project(projector: Projector, settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    # Once, before anything starts: a wrong password or an unreachable server is a setting to fix, not
+    # an outage to ride out (later, the projector retries with backoff instead).
+    try:
+        async with asyncio.timeout(STARTUP_CHECK_S):
+            await projector.check_database()
+    except (TimeoutError, OSError, *DATABASE_ERRORS) as error:
+        if isinstance(error, TimeoutError):
+            reason = f"no answer within {STARTUP_CHECK_S:g} s"
+        else:
+            reason = error_line(error, *secrets_of(settings))
+        where = settings.shown_database()
+        raise ProjectorStartError(f"the database {where} refused or did not answer: {reason}") from None
     async with serve_metrics(projector, settings.metrics_host, settings.metrics_port):
         await projector.run(stop)

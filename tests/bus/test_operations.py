@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable
 
@@ -23,6 +27,12 @@ from runevents.store.writes import libpq_dsn as dsn
 from tests.bus.conftest import running
 from tests.bus.test_dead_letters import cli
 from tests.bus.test_projector import event
+
+
+def projector_command(kafka: str, url: str, topic: str) -> list[str]:
+    """`runevents project` on the test's topic, without a metrics port."""
+    command = [sys.executable, "-m", "runevents.cli", "project", "--kafka", kafka, "--database", url]
+    return [*command, "--topic", topic, "--metrics-port", "0", "--session-timeout-ms", "2000"]
 
 
 async def get(port: int, path: str) -> tuple[int, str]:
@@ -159,3 +169,42 @@ async def test_other_paths_are_not_found(make_projector: Callable[..., Projector
     port = free_port()
     async with serve_metrics(make_projector(), "127.0.0.1", port):
         assert await get(port, path) == (404, "/metrics, /healthz or /livez\n")
+
+
+async def test_a_projector_logging_at_debug_never_shows_the_database_password(
+    kafka_bootstrap: str, bus_db: str, topic: str, bus_store: BusRunEventStore
+):
+    secret = "pr0jector-s3cret"
+    # The test server trusts local connections: the password is carried everywhere and checked nowhere.
+    url = make_url(bus_db).set(password=secret).render_as_string(hide_password=False)
+    process = await asyncio.create_subprocess_exec(
+        *projector_command(kafka_bootstrap, url, topic),
+        env={**os.environ, "RUNEVENTS_LOG_LEVEL": "DEBUG", "PYTHONUNBUFFERED": "1"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        await bus_store.put_batch([event(f"t{n}", n) for n in range(10)])  # projected by it
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = await asyncio.wait_for(process.communicate(), timeout=60)
+    log = output.decode()
+    assert process.returncode == 0, log
+    assert "applied" in log  # DEBUG lines were written
+    assert secret not in log
+
+    # A database that refuses: the error says what failed, without the password.
+    closed = make_url(url).set(port=free_port()).render_as_string(hide_password=False)
+    failed = await asyncio.to_thread(
+        subprocess.run,
+        projector_command(kafka_bootstrap, closed, topic),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert failed.returncode == 1
+    assert failed.stderr.splitlines()[-1].startswith(
+        "error: projector did not start: the database postgresql+asyncpg://postgres:***@127.0.0.1:"
+    )
+    assert "refused or did not answer: ConnectionRefusedError" in failed.stderr
+    assert secret not in failed.stdout + failed.stderr
