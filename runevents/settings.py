@@ -13,7 +13,7 @@ import ssl
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 from urllib.parse import urlencode
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -24,6 +24,9 @@ from sqlalchemy.exc import ArgumentError
 from runevents.consumer.projector import DEFAULT_PROJECTION
 from runevents.errors import RunEventsError
 from runevents.topic import DEFAULT_TOPIC
+
+if TYPE_CHECKING:
+    from runevents.store.bus import BusRunEventStore
 
 ENV_PREFIX: Final = "RUNEVENTS_"
 CONFIG_ENV: Final = "RUNEVENTS_CONFIG"
@@ -209,6 +212,21 @@ class Settings(BaseSettings):
             options["sasl_plain_username"] = self.kafka_sasl_username
             options["sasl_plain_password"] = self.kafka_sasl_password.get_secret_value()
         return options
+
+    def bus_store(self, **options: Any) -> BusRunEventStore:
+        """A bus store on these settings' servers, topic, projection and schema, TLS and SASL included."""
+        from runevents.store.bus import BusRunEventStore  # aiokafka and asyncpg load only for the bus
+
+        producer_options = {"client_options": self.kafka_options(), **options.pop("producer_options", {})}
+        return BusRunEventStore(
+            self.bootstrap_servers(),
+            self.database(),
+            topic=self.topic,
+            projection=self.projection,
+            schema=self.schema_name,
+            producer_options=producer_options,
+            **options,
+        )
 
     def shown(self) -> dict[str, str]:
         """Every setting as `runevents config` prints it: secrets masked, the URL without its password."""

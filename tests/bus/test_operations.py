@@ -22,6 +22,7 @@ from runevents.consumer import Projector
 from runevents.devstack.postgres import free_port
 from runevents.events import SCHEMA_FILE
 from runevents.metrics import serve_metrics
+from runevents.settings import load_settings
 from runevents.store.bus import BusRunEventStore
 from runevents.store.writes import libpq_dsn as dsn
 from tests.bus.conftest import running
@@ -208,3 +209,17 @@ async def test_a_projector_logging_at_debug_never_shows_the_database_password(
     )
     assert "refused or did not answer: ConnectionRefusedError" in failed.stderr
     assert secret not in failed.stdout + failed.stderr
+
+
+async def test_a_bus_store_from_settings_writes_and_reads_back(
+    kafka_bootstrap: str, bus_db: str, topic: str, make_projector: Callable[..., Projector]
+):
+    settings = load_settings({"database_url": bus_db, "kafka": kafka_bootstrap, "topic": topic}).settings
+    store = settings.bus_store(wait_timeout_s=20)
+    try:
+        async with running(make_projector()):
+            record = await store.put(**event("t1", 1))
+        assert record["seq"] == 1
+        assert [r["event_id"] for r in await store.list_messages("t1")] == [record["event_id"]]
+    finally:
+        await store.close()
