@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
-from runevents import cli
+from runevents import demo_cli
 from runevents.cli import app
 from runevents.devstack.postgres import free_port
 from runevents.devstack.stack import DATABASE_ENV, KAFKA_ENV, split_agents
@@ -194,7 +194,7 @@ def test_demo_exits_non_zero_when_a_check_fails(tmp_path: Path, monkeypatch: pyt
     async def lock_not_held(base: Path, thread: str) -> tuple[bool, str]:
         return False, "a second store on the open directory: NOT refused"
 
-    monkeypatch.setattr(cli, "_check_second_store", lock_not_held)
+    monkeypatch.setattr(demo_cli, "_check_second_store", lock_not_held)
 
     result = CliRunner().invoke(
         app, ["demo", "--backend", "jsonl", "--agents", "2", "--runs-per-agent", "1", "--dir", str(tmp_path)]
