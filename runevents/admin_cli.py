@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Final
 
 import typer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError
 from alembic.util.exc import CommandError
 from rich.console import Console
 from rich.table import Table
@@ -224,6 +224,9 @@ def project(
         asyncio.run(_project(projector, settings))
     except ProjectorStartError as error:
         fail(f"projector did not start: {error}")
+    except KafkaConnectionError as error:  # raised only while bootstrapping; later, aiokafka reconnects
+        line = error_line(error, *secrets_of(settings))
+        fail(f"projector did not start: the brokers at {settings.kafka} did not answer: {line}")
     except (SQLAlchemyError, OSError, RunEventsError, KafkaError) as error:
         fail(f"projector stopped: {error_line(error, *secrets_of(settings))}")
 

@@ -95,7 +95,11 @@ def error_line(error: BaseException, *secrets: str | None) -> str:
     if isinstance(error, DBAPIError) and error.orig is not None:
         error = error.orig
     lines = str(error).strip().splitlines()
-    return scrub(f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__, *secrets)
+    name = type(error).__name__
+    if not lines:
+        return name
+    # Some errors (aiokafka's) start their message with their own name already.
+    return scrub(lines[0] if lines[0].startswith(name) else f"{name}: {lines[0]}", *secrets)
 
 
 def scrub(text: str, *secrets: str | None) -> str:

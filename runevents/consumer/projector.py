@@ -177,7 +177,11 @@ class Projector:
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Project until `stop` is set (or the task is cancelled), then leave cleanly."""
         stop = stop or asyncio.Event()
-        await self._start()
+        try:
+            await self._start()
+        except BaseException:
+            await self._close()  # what did start (the dead-letter producer, say) is not left open
+            raise
         consumer = self._consumer
         assert consumer is not None
         pruned = time.monotonic()

@@ -223,3 +223,19 @@ async def test_a_bus_store_from_settings_writes_and_reads_back(
         assert [r["event_id"] for r in await store.list_messages("t1")] == [record["event_id"]]
     finally:
         await store.close()
+
+
+async def test_a_projector_whose_brokers_do_not_answer_says_so_and_leaves_nothing_open(bus_db: str):
+    closed = f"127.0.0.1:{free_port()}"
+    failed = await asyncio.to_thread(
+        subprocess.run,
+        projector_command(closed, bus_db, "run-events"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert failed.returncode == 1
+    assert failed.stderr.splitlines()[-1].startswith(
+        f"error: projector did not start: the brokers at {closed} did not answer: KafkaConnectionError: "
+    )
+    assert "Unclosed" not in failed.stderr  # the dead-letter producer it had started is stopped
