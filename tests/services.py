@@ -75,6 +75,13 @@ def kafka_for_tests(tmp_root: Path) -> tuple[str, str, Callable[[], None]]:
     _unavailable("Kafka broker", failures)
 
 
+def missing_tool(reason: str, installer: str = ".ci/run installs it") -> NoReturn:
+    """Skip the test that needs a tool this machine lacks, or fail it in CI, where it must be there."""
+    if in_ci():
+        pytest.fail(f"{reason}; {installer}")
+    pytest.skip(reason)
+
+
 def _unavailable(service: str, failures: list[str]) -> NoReturn:
     """Skip the tests that need `service`, or fail the run in CI, naming every way that was tried."""
     reason = f"no {service} for the tests: " + "; ".join(failures)

@@ -19,6 +19,7 @@ from runevents.devstack.postgres import LocalPostgres
 from runevents.settings import Settings
 from runevents.store.sql import engine_for
 from runevents.store.writes import libpq_dsn
+from tests.services import missing_tool
 
 IS_SSL = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
 
@@ -40,10 +41,7 @@ def tls_postgres(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> It
     """A PostgreSQL cluster of its own that takes TLS, its certificate issued to 127.0.0.1 by `ca`."""
     bin_dir = server_with_tls()
     if bin_dir is None:
-        message = "no PostgreSQL built with TLS (Debian's postgresql package) is installed"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message + "; .ci/run installs it")
-        pytest.skip(message)
+        missing_tool("no PostgreSQL built with TLS (Debian's postgresql package) is installed")
     data = tmp_path_factory.mktemp("tls") / "pg"
     # Initialized first, then given its key: the key goes in the data directory, as the server's own.
     first = LocalPostgres(data, bin_dir=bin_dir)

@@ -15,6 +15,7 @@ from sqlalchemy import select
 
 from runevents.consumer import Projector
 from runevents.events import Record, derived_event_id
+from runevents.ops.backfill_sources import INPUT_FIELDS
 from runevents.store import JsonlRunEventStore
 from runevents.store.migrate import upgrade_async
 from runevents.store.query import RECORD_COLUMNS, row_to_record
@@ -27,17 +28,7 @@ from tests.bus.test_dead_letters import cli
 from tests.bus.test_projector import event, fetch
 
 # What a record keeps through a backfill: everything but seq, which the projection numbers anew.
-KEPT = (
-    "event_id",
-    "thread_id",
-    "run_id",
-    "event_type",
-    "category",
-    "content",
-    "metadata",
-    "created_at",
-    "user_id",
-)
+KEPT = ("event_id", *INPUT_FIELDS)
 
 
 async def projected(kafka: str, url: str, topic: str) -> None:
