@@ -33,6 +33,8 @@ MAX_ID_LENGTH: Final = 64
 MAX_EVENT_TYPE_LENGTH: Final = 32
 MAX_CATEGORY_LENGTH: Final = 16
 DEFAULT_MAX_TRACE_CONTENT: Final = 10240
+# Longer message ids are not indexed (a btree entry has a size limit), so no backend looks them up.
+MAX_INDEXED_MESSAGE_ID: Final = 512
 
 MESSAGE_CATEGORY: Final = "message"
 TRACE_CATEGORY: Final = "trace"
@@ -47,16 +49,26 @@ _DERIVED_ID_NAMESPACE: Final = uuid_utils.UUID("5d0f3c8e-9a57-4c1e-8f0b-2b7f6c1d
 
 
 # Control characters and lone surrogates in an id break file paths, PostgreSQL text and Kafka keys
-# alike; they are never meaningful in one.
+# alike; they are never meaningful in one. A text column (and UTF-8) cannot hold NUL or a lone
+# surrogate at all, whatever the field.
 _FORBIDDEN_IN_TEXT = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+_FORBIDDEN_IN_COLUMN = re.compile("[\x00\ud800-\udfff]")
+
+
+def text_problem(value: str, *, control_allowed: bool = False) -> str | None:
+    """Why `value` cannot be an id (or, `control_allowed`, a text column's value), or None."""
+    found = (_FORBIDDEN_IN_COLUMN if control_allowed else _FORBIDDEN_IN_TEXT).search(value)
+    if found is None:
+        return None
+    code = ord(found.group())
+    kind = "lone surrogate" if code >= 0xD800 else "NUL" if code == 0 else "control character"
+    return f"must not contain {kind} U+{code:04X}"
 
 
 def _check_text(value: str) -> str:
-    found = _FORBIDDEN_IN_TEXT.search(value)
-    if found is not None:
-        code = ord(found.group())
-        kind = "lone surrogate" if code >= 0xD800 else "control character"
-        raise ValueError(f"must not contain {kind} U+{code:04X}")
+    problem = text_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
     return value
 
 
@@ -257,7 +269,7 @@ def prepare_event(
     created = datetime.now(UTC) if event.created_at is None else event.created_at.astimezone(UTC)
     event_id = new_event_id() if event_id is None else event_id
     return _prepared(
-        event, content, content_json, metadata, metadata_json, event_id, created, max_trace_content
+        event, content, content_json, metadata, metadata_json, event_id, created, max_trace_content, index
     )
 
 
@@ -270,7 +282,11 @@ def _prepared(
     event_id: str,
     created: datetime,
     max_trace_content: int | None,
+    index: int | None = None,
 ) -> PreparedEvent:
+    column_problem = _column_problem(event.category, content, metadata)
+    if column_problem is not None:
+        raise InvalidEventError(*column_problem, index=index)
     if max_trace_content is not None and event.category == TRACE_CATEGORY:
         cut, marked = truncate_trace(content, content_json, metadata, max_trace_content)
         if marked is not metadata:
@@ -290,6 +306,20 @@ def _prepared(
         metadata_json=metadata_json,
         created=created,
     )
+
+
+def _column_problem(category: str, content: Content, metadata: dict[str, Any]) -> tuple[str, str] | None:
+    """The field and problem of a value that becomes a text column but could not be one, or None."""
+    # The message id, task id and caller are columns of the read tables (indexed, filtered on), and
+    # PostgreSQL text cannot hold NUL: refused here, every backend stores the same thing.
+    message_id = message_id_of(category, content)
+    if message_id is not None and "\x00" in message_id:
+        return "content.id", "must not contain NUL U+0000 (it is the message id)"
+    for key in ("task_id", "caller"):
+        value = metadata.get(key)
+        if isinstance(value, str) and "\x00" in value:
+            return f"metadata.{key}", "must not contain NUL U+0000"
+    return None
 
 
 def prepare_events(
@@ -518,11 +548,18 @@ def _decode_put_fast(
         created = datetime.fromisoformat(put.created_at).astimezone(UTC)
         # orjson refuses what msgspec takes and JSON readers cannot (integers past 64 bits).
         content_json, metadata_json = to_json(put.content), to_json(put.metadata)
-    except (msgspec.MsgspecError, ValueError, TypeError):
+        prepared = _prepared(
+            put,
+            put.content,
+            content_json,
+            put.metadata,
+            metadata_json,
+            put.event_id,
+            created,
+            max_trace_content,
+        )
+    except (msgspec.MsgspecError, ValueError, TypeError):  # InvalidEventError is a ValueError
         return None
-    prepared = _prepared(
-        put, put.content, content_json, put.metadata, metadata_json, put.event_id, created, max_trace_content
-    )
     return (PUT_IF_ABSENT, prepared) if isinstance(put, _FastPutIfAbsent) else prepared
 
 
@@ -557,16 +594,21 @@ def _decode_validated(
         return envelope
     # Decoded from JSON, content and metadata are already what a read returns: serialize, no round trip.
     created = envelope.created_at.astimezone(UTC)
-    prepared = _prepared(
-        envelope,
-        envelope.content,
-        to_json(envelope.content),
-        envelope.metadata,
-        to_json(envelope.metadata),
-        envelope.event_id,
-        created,
-        max_trace_content,
-    )
+    try:
+        prepared = _prepared(
+            envelope,
+            envelope.content,
+            to_json(envelope.content),
+            envelope.metadata,
+            to_json(envelope.metadata),
+            envelope.event_id,
+            created,
+            max_trace_content,
+        )
+    except InvalidEventError as exc:
+        raise UndecodableRecordError(f"{exc.field} {exc.problem}") from None
+    except TypeError as exc:  # orjson refuses what JSON readers cannot hold (integers past 64 bits)
+        raise UndecodableRecordError(f"content or metadata is not storable JSON: {exc}") from None
     return (PUT_IF_ABSENT, prepared) if envelope.op == PUT_IF_ABSENT else prepared
 
 

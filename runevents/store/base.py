@@ -7,8 +7,9 @@ from collections.abc import Collection, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
-from runevents.errors import InvalidEventError, InvalidQueryError
-from runevents.events import Content, Record
+from runevents.errors import InvalidEventError
+from runevents.events import MAX_INDEXED_MESSAGE_ID, Content, Record
+from runevents.store.arguments import check_id, check_names, check_page, check_text, check_user
 
 
 class RunEventStore(abc.ABC):
@@ -59,7 +60,9 @@ class RunEventStore(abc.ABC):
     async def _put_if_absent(self, event: Mapping[str, Any]) -> tuple[Record, bool]:
         """`put_if_absent` of one event given as `put` keywords, serialized with the thread's writers."""
 
-    @abc.abstractmethod
+    # The reads and deletes check their arguments here, once for every backend (store/arguments.py),
+    # then hand them to the backend's `_` method, which may take them as they are.
+
     async def list_messages(
         self,
         thread_id: str,
@@ -70,8 +73,11 @@ class RunEventStore(abc.ABC):
         user_id: str | None = None,
     ) -> list[Record]:
         """Return one page of a thread's message records, ascending by seq."""
+        check_id("thread_id", thread_id)
+        check_page(limit, before_seq, after_seq)
+        check_user(user_id)
+        return await self._list_messages(thread_id, limit, before_seq, after_seq, user_id)
 
-    @abc.abstractmethod
     async def list_events(
         self,
         thread_id: str,
@@ -84,8 +90,16 @@ class RunEventStore(abc.ABC):
         user_id: str | None = None,
     ) -> list[Record]:
         """Return a run's records of every category, filtered, then the first `limit` after `after_seq`."""
+        check_id("thread_id", thread_id)
+        check_id("run_id", run_id)
+        if event_types is not None:
+            check_names("event_types", event_types)
+        if task_id is not None:
+            check_text("task_id", task_id)
+        check_page(limit, None, after_seq)
+        check_user(user_id)
+        return await self._list_events(thread_id, run_id, event_types, task_id, after_seq, limit, user_id)
 
-    @abc.abstractmethod
     async def list_messages_by_run(
         self,
         thread_id: str,
@@ -97,30 +111,102 @@ class RunEventStore(abc.ABC):
         user_id: str | None = None,
     ) -> list[Record]:
         """Return one page of a run's message records, ascending by seq."""
+        check_id("thread_id", thread_id)
+        check_id("run_id", run_id)
+        check_page(limit, before_seq, after_seq)
+        check_user(user_id)
+        return await self._list_messages_by_run(thread_id, run_id, limit, before_seq, after_seq, user_id)
 
-    @abc.abstractmethod
     async def get_last_visible_ai_seq_by_run(
         self, thread_id: str, run_ids: Collection[str], *, user_id: str | None = None
     ) -> dict[str, int]:
         """Return the seq of each run's last AI response not written by middleware."""
+        check_id("thread_id", thread_id)
+        check_names("run_ids", run_ids, ids=True)
+        check_user(user_id)
+        return await self._last_visible_ai_seqs(thread_id, run_ids, user_id)
 
-    @abc.abstractmethod
     async def get_message_seqs(
         self, thread_id: str, identities: Collection[str], *, user_id: str | None = None
     ) -> dict[str, int]:
         """Return the seq of the earliest message record whose content `id` is each wanted id."""
+        check_id("thread_id", thread_id)
+        check_names("identities", identities, longest=MAX_INDEXED_MESSAGE_ID)
+        check_user(user_id)
+        return await self._message_seqs(thread_id, identities, user_id)
 
-    @abc.abstractmethod
     async def count_messages(self, thread_id: str, *, user_id: str | None = None) -> int:
         """Return how many message records a thread holds."""
+        check_id("thread_id", thread_id)
+        check_user(user_id)
+        return await self._count_messages(thread_id, user_id)
 
-    @abc.abstractmethod
     async def delete_by_thread(self, thread_id: str) -> int:
         """Delete a thread's records and reset its seq; return how many were removed."""
+        check_id("thread_id", thread_id)
+        return await self._delete_thread(thread_id)
 
-    @abc.abstractmethod
     async def delete_by_run(self, thread_id: str, run_id: str) -> int:
         """Delete a run's records (the thread's seq goes on); return how many were removed."""
+        # A missing run id is an error, never "every run": the check comes before any backend.
+        check_id("thread_id", thread_id)
+        check_id("run_id", run_id)
+        return await self._delete_run(thread_id, run_id)
+
+    @abc.abstractmethod
+    async def _list_messages(
+        self, thread_id: str, limit: int, before_seq: int | None, after_seq: int | None, user_id: str | None
+    ) -> list[Record]:
+        """`list_messages` of checked arguments."""
+
+    @abc.abstractmethod
+    async def _list_events(
+        self,
+        thread_id: str,
+        run_id: str,
+        event_types: Collection[str] | None,
+        task_id: str | None,
+        after_seq: int | None,
+        limit: int,
+        user_id: str | None,
+    ) -> list[Record]:
+        """`list_events` of checked arguments."""
+
+    @abc.abstractmethod
+    async def _list_messages_by_run(
+        self,
+        thread_id: str,
+        run_id: str,
+        limit: int,
+        before_seq: int | None,
+        after_seq: int | None,
+        user_id: str | None,
+    ) -> list[Record]:
+        """`list_messages_by_run` of checked arguments."""
+
+    @abc.abstractmethod
+    async def _last_visible_ai_seqs(
+        self, thread_id: str, run_ids: Collection[str], user_id: str | None
+    ) -> dict[str, int]:
+        """`get_last_visible_ai_seq_by_run` of checked arguments."""
+
+    @abc.abstractmethod
+    async def _message_seqs(
+        self, thread_id: str, identities: Collection[str], user_id: str | None
+    ) -> dict[str, int]:
+        """`get_message_seqs` of checked arguments."""
+
+    @abc.abstractmethod
+    async def _count_messages(self, thread_id: str, user_id: str | None) -> int:
+        """`count_messages` of checked arguments."""
+
+    @abc.abstractmethod
+    async def _delete_thread(self, thread_id: str) -> int:
+        """`delete_by_thread` of a checked id."""
+
+    @abc.abstractmethod
+    async def _delete_run(self, thread_id: str, run_id: str) -> int:
+        """`delete_by_run` of checked ids."""
 
     async def close(self) -> None:
         """Release what the store holds (files, locks, connections); idempotent."""
@@ -158,20 +244,3 @@ def _event(
         "created_at": created_at,
         "user_id": user_id,
     }
-
-
-def check_page(limit: int, before_seq: int | None = None, after_seq: int | None = None) -> None:
-    """Reject page arguments no backend can answer the same way (negative or non-integer)."""
-    if isinstance(limit, bool) or not isinstance(limit, int):
-        raise InvalidQueryError("limit", f"must be an int, got {type(limit).__name__}")
-    if limit < 0:
-        raise InvalidQueryError("limit", f"must be >= 0, got {limit}")
-    for name, value in (("before_seq", before_seq), ("after_seq", after_seq)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise InvalidQueryError(name, f"must be an int or None, got {type(value).__name__}")
-
-
-def check_names(argument: str, values: Collection[str]) -> None:
-    """Reject a collection argument that is a bare string (a common slip: `run_ids="r1"`)."""
-    if isinstance(values, str | bytes):
-        raise InvalidQueryError(argument, "must be a collection of strings, not a single string")

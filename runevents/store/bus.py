@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from typing import Any, Final, TypeVar
 
 import asyncpg
-from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import select
 
 from runevents.consumer.projector import DEFAULT_PROJECTION
@@ -25,13 +24,13 @@ from runevents.errors import RunEventsError
 from runevents.events import (
     DEFAULT_MAX_TRACE_CONTENT,
     PUT_IF_ABSENT,
-    Id,
     PreparedEvent,
     Record,
     make_record,
     prepare_event,
     prepare_events,
 )
+from runevents.names import check_identifier, check_topic
 from runevents.producer import EventProducer, Published
 from runevents.store import writes
 from runevents.store.group_commit import GroupCommitter
@@ -45,7 +44,6 @@ DEFAULT_WAIT_S: Final = 30.0
 LOOKUP_CONNECTIONS: Final = 2
 _e = run_events.c
 _r = op_results.c
-_ID: Final[TypeAdapter[str]] = TypeAdapter(Id)
 T = TypeVar("T")
 
 
@@ -55,14 +53,6 @@ class ReadTablesUnavailableError(RunEventsError):
 
 class ProjectedRecordMissingError(RunEventsError):
     """The projection passed a record's offset, but the record is not in the read tables."""
-
-
-def _is_valid_id(value: object) -> bool:
-    try:
-        _ID.validate_python(value)
-    except ValidationError:
-        return False
-    return True
 
 
 class BusRunEventStore(ReadTablesStore):
@@ -82,7 +72,10 @@ class BusRunEventStore(ReadTablesStore):
         pool_size: int = 8,
         producer_options: dict[str, Any] | None = None,
     ) -> None:
-        self._schema = schema
+        # Names first: a refused one must leave nothing opened (no engine, no producer).
+        check_topic(topic)
+        check_identifier("projection", projection)
+        self._schema = None if schema is None else check_identifier("schema", schema)
         self._engine = engine_for(database_url, schema=schema, pool_size=pool_size)
         self._max_trace_content = max_trace_content
         self._wait_timeout_s = wait_timeout_s
@@ -237,18 +230,12 @@ class BusRunEventStore(ReadTablesStore):
             )
         return records[0], False
 
-    async def delete_by_thread(self, thread_id: str) -> int:
-        """Delete a thread's records and reset its seq; return how many were removed."""
-        if not _is_valid_id(thread_id):
-            return 0  # no event was ever stored under an id a put would refuse
+    async def _delete_thread(self, thread_id: str) -> int:
         await self._ready_to_publish()
         result = await self._op_result(await self._producer.publish_delete(thread_id))
         return int(result.removed)
 
-    async def delete_by_run(self, thread_id: str, run_id: str) -> int:
-        """Delete a run's records (the thread's seq goes on); return how many were removed."""
-        if not (_is_valid_id(thread_id) and _is_valid_id(run_id)):
-            return 0
+    async def _delete_run(self, thread_id: str, run_id: str) -> int:
         await self._ready_to_publish()
         result = await self._op_result(await self._producer.publish_delete(thread_id, run_id))
         return int(result.removed)

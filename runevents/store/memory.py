@@ -43,12 +43,10 @@ class MemoryRunEventStore(ThreadLogStore):
             return existing.record(), False
         return self._append(prepared), True
 
-    async def delete_by_thread(self, thread_id: str) -> int:
-        """Delete a thread's records and reset its seq; return how many were removed."""
+    async def _delete_thread(self, thread_id: str) -> int:
         log = self._threads.pop(thread_id, None)
         return 0 if log is None else len(log.events)
 
-    async def delete_by_run(self, thread_id: str, run_id: str) -> int:
-        """Delete a run's records (the thread's seq goes on); return how many were removed."""
+    async def _delete_run(self, thread_id: str, run_id: str) -> int:
         log = self._threads.get(thread_id)
         return 0 if log is None else log.remove_run(run_id)

@@ -22,7 +22,7 @@ from runevents.events import (
     utc_iso,
 )
 from runevents.store import migrate
-from runevents.store.base import RunEventStore, check_names, check_page
+from runevents.store.base import RunEventStore
 from runevents.store.schema import STR, run_events, thread_counters
 
 _e = run_events.c
@@ -111,56 +111,40 @@ class ReadTablesStore(RunEventStore):
             records.reverse()
         return records
 
-    async def list_messages(
-        self,
-        thread_id: str,
-        *,
-        limit: int = 50,
-        before_seq: int | None = None,
-        after_seq: int | None = None,
-        user_id: str | None = None,
+    async def _list_messages(
+        self, thread_id: str, limit: int, before_seq: int | None, after_seq: int | None, user_id: str | None
     ) -> list[Record]:
-        """Return one page of a thread's message records, ascending by seq."""
-        check_page(limit, before_seq, after_seq)
         if limit == 0:
             return []
         messages = select(*RECORD_COLUMNS).where(_e.thread_id == thread_id, IS_MESSAGE)
         statement, newest_first = _page(_scoped(messages, user_id), limit, before_seq, after_seq)
         return await self._records(statement, newest_first)
 
-    async def list_messages_by_run(
+    async def _list_messages_by_run(
         self,
         thread_id: str,
         run_id: str,
-        *,
-        limit: int = 50,
-        before_seq: int | None = None,
-        after_seq: int | None = None,
-        user_id: str | None = None,
+        limit: int,
+        before_seq: int | None,
+        after_seq: int | None,
+        user_id: str | None,
     ) -> list[Record]:
-        """Return one page of a run's message records, ascending by seq."""
-        check_page(limit, before_seq, after_seq)
         if limit == 0:
             return []
         messages = select(*RECORD_COLUMNS).where(_e.thread_id == thread_id, _e.run_id == run_id, IS_MESSAGE)
         statement, newest_first = _page(_scoped(messages, user_id), limit, before_seq, after_seq)
         return await self._records(statement, newest_first)
 
-    async def list_events(
+    async def _list_events(
         self,
         thread_id: str,
         run_id: str,
-        *,
-        event_types: Collection[str] | None = None,
-        task_id: str | None = None,
-        after_seq: int | None = None,
-        limit: int = 500,
-        user_id: str | None = None,
+        event_types: Collection[str] | None,
+        task_id: str | None,
+        after_seq: int | None,
+        limit: int,
+        user_id: str | None,
     ) -> list[Record]:
-        """Return a run's records of every category, filtered, then the first `limit` after `after_seq`."""
-        check_page(limit, None, after_seq)
-        if event_types is not None:
-            check_names("event_types", event_types)
         if limit == 0 or (event_types is not None and not event_types):
             return []
         statement = _scoped(
@@ -174,11 +158,9 @@ class ReadTablesStore(RunEventStore):
             statement = statement.where(_e.seq > after_seq)
         return await self._records(statement.order_by(_e.seq.asc()).limit(limit))
 
-    async def get_last_visible_ai_seq_by_run(
-        self, thread_id: str, run_ids: Collection[str], *, user_id: str | None = None
+    async def _last_visible_ai_seqs(
+        self, thread_id: str, run_ids: Collection[str], user_id: str | None
     ) -> dict[str, int]:
-        """Return the seq of each run's last AI response not written by middleware."""
-        check_names("run_ids", run_ids)
         if not run_ids:
             return {}
         caller = func.coalesce(_e.caller, "")
@@ -194,11 +176,9 @@ class ReadTablesStore(RunEventStore):
         ).group_by(_e.run_id)
         return {row[0]: row[1] for row in await self._rows(statement)}
 
-    async def get_message_seqs(
-        self, thread_id: str, identities: Collection[str], *, user_id: str | None = None
+    async def _message_seqs(
+        self, thread_id: str, identities: Collection[str], user_id: str | None
     ) -> dict[str, int]:
-        """Return the seq of the earliest message record whose content `id` is each wanted id."""
-        check_names("identities", identities)
         if not identities:
             return {}
         statement = _scoped(
@@ -209,8 +189,7 @@ class ReadTablesStore(RunEventStore):
         ).group_by(_e.message_id)
         return {row[0]: row[1] for row in await self._rows(statement)}
 
-    async def count_messages(self, thread_id: str, *, user_id: str | None = None) -> int:
-        """Return how many message records a thread holds."""
+    async def _count_messages(self, thread_id: str, user_id: str | None) -> int:
         if user_id is None:
             # The counter row, not count(*): constant time however long the thread is.
             statement = select(thread_counters.c.message_count).where(

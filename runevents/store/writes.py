@@ -14,6 +14,7 @@ from typing import Any, Final
 import asyncpg
 from sqlalchemy import (
     BigInteger,
+    ColumnElement,
     MetaData,
     String,
     Table,
@@ -30,12 +31,17 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from runevents.events import MESSAGE_CATEGORY, PreparedEvent, Record, make_record, message_id_of
+from runevents.events import (
+    MAX_INDEXED_MESSAGE_ID,
+    MESSAGE_CATEGORY,
+    PreparedEvent,
+    Record,
+    make_record,
+    message_id_of,
+)
 from runevents.store.query import RECORD_COLUMNS, row_to_record
 from runevents.store.schema import DICT, JSON_STR, LIST, STR, deleted_events, run_events, thread_counters
 
-# Longer message ids are not indexed (a btree entry has a size limit); no real message id is near it.
-MAX_INDEXED_MESSAGE_ID: Final = 512
 _c = thread_counters.c
 _e = run_events.c
 _PG: Final = postgresql.dialect()  # type: ignore[no-untyped-call]
@@ -76,7 +82,7 @@ def event_row(event: PreparedEvent, seq: int) -> tuple[Any, ...]:
     """The `run_events` row of a prepared event at `seq`, its values in `ROW_COLUMNS` order."""
     content, kind = _content_column(event)
     message_id = message_id_of(event.category, event.content)
-    if message_id is not None and (len(message_id) > MAX_INDEXED_MESSAGE_ID or "\x00" in message_id):
+    if message_id is not None and len(message_id) > MAX_INDEXED_MESSAGE_ID:
         message_id = None
     metadata = event.metadata
     task_id = metadata.get("task_id")
@@ -92,9 +98,9 @@ def event_row(event: PreparedEvent, seq: int) -> tuple[Any, ...]:
         content,
         kind,
         event.metadata_json.decode(),
-        # Text columns cannot hold NUL; a filter on an id with NUL in it is not a use anyone has.
-        task_id if isinstance(task_id, str) and "\x00" not in task_id else None,
-        None if caller is None else str(caller).replace("\x00", ""),
+        # Validation refused NUL in these (events._column_problem): text columns cannot hold it.
+        task_id if isinstance(task_id, str) else None,
+        None if caller is None else str(caller),
         event.created,
         event.user_id,
         message_id,
@@ -271,12 +277,10 @@ async def put_if_absent(
 
 
 async def _delete_rows(
-    connection: AsyncConnection, thread_id: str, run_id: str | None, *, tombstones: bool
+    connection: AsyncConnection, thread_id: str, where: ColumnElement[bool], *, tombstones: bool
 ) -> list[str]:
-    """Delete the thread's (or run's) rows; return their categories. Tombstones keep (event_id, seq)."""
-    where = (
-        _e.thread_id == thread_id if run_id is None else (_e.thread_id == thread_id) & (_e.run_id == run_id)
-    )
+    """Delete the rows `where` picks; return their categories. Tombstones keep (event_id, seq)."""
+    # The caller spells out its whole condition: no argument left out can widen a delete to the thread.
     if not tombstones:
         removed = await connection.execute(delete(run_events).where(where).returning(_e.category))
         return [category for (category,) in removed]
@@ -299,7 +303,7 @@ async def delete_thread(connection: AsyncConnection, thread_id: str, *, tombston
     """Delete a thread's rows and its counter row (its seq starts again at 1); return how many rows went."""
     if await lock_thread(connection, thread_id) is None:
         return 0
-    categories = await _delete_rows(connection, thread_id, None, tombstones=tombstones)
+    categories = await _delete_rows(connection, thread_id, _e.thread_id == thread_id, tombstones=tombstones)
     await connection.execute(delete(thread_counters).where(_c.thread_id == thread_id))
     return len(categories)
 
@@ -310,7 +314,8 @@ async def delete_run(
     """Delete a run's rows (the thread's seq goes on) and count them off; return how many went."""
     if await lock_thread(connection, thread_id) is None:
         return 0
-    categories = await _delete_rows(connection, thread_id, run_id, tombstones=tombstones)
+    in_run = (_e.thread_id == thread_id) & (_e.run_id == run_id)
+    categories = await _delete_rows(connection, thread_id, in_run, tombstones=tombstones)
     if categories:
         messages = sum(1 for category in categories if category == MESSAGE_CATEGORY)
         await connection.execute(

@@ -159,6 +159,25 @@ async def test_values_json_cannot_hold_are_stringified(store: RunEventStore, val
     assert_same(read, record)
 
 
+async def test_nan_and_infinity_become_null(store: RunEventStore) -> None:
+    # JSON has no such numbers; orjson writes null, and so every backend returns None (README).
+    record = await store.put(
+        **message(content={"a": float("nan"), "b": [float("inf")]}, metadata={"c": float("-inf"), "d": 1.5})
+    )
+    assert_same(record["content"], {"a": None, "b": [None]})
+    assert_same(record["metadata"], {"c": None, "d": 1.5})
+    (read,) = await store.list_messages("t1")
+    assert_same(read, record)
+
+
+async def test_a_datetime_inside_content_is_its_str(store: RunEventStore) -> None:
+    # str(), as deer-flow's json.dumps(default=str): a space between date and time, not ISO's T.
+    moment = datetime(2024, 5, 1, 10, 30, 45, 123456, tzinfo=UTC)
+    record = await store.put(**message(content={"at": moment}, metadata={"s": {7}}))
+    assert_same(record["content"], {"at": "2024-05-01 10:30:45.123456+00:00"})
+    assert_same(record["metadata"], {"s": "{7}"})
+
+
 async def test_an_enum_is_stored_as_its_value(store: RunEventStore) -> None:
     # Pinned where the contract is silent: orjson writes an Enum's value, which is what a reader of
     # the record wants; deer-flow's json.dumps(default=str) would have written "Colour.RED".
