@@ -51,6 +51,11 @@ class JsonlRunEventStore(ThreadLogStore):
         if max_cached_threads < 1:
             raise ValueError(f"max_cached_threads: must be >= 1, got {max_cached_threads}")
         self._base = Path(base_dir)
+        if self._base.resolve() == Path("/"):
+            # Its threads/ would sit at /threads, and a delete would remove under it.
+            raise ValueError(
+                f"base_dir: the file system's root {str(base_dir)!r} cannot be a store's directory"
+            )
         self._fsync = durability == "fsync"
         self._max_trace_content = max_trace_content
         self._max_cached = max_cached_threads
@@ -183,29 +188,27 @@ class JsonlRunEventStore(ThreadLogStore):
         (record,) = await self._append([prepared])
         return record, True
 
-    async def delete_by_thread(self, thread_id: str) -> int:
-        """Delete a thread's records and reset its seq; return how many were removed."""
+    async def _delete_thread(self, thread_id: str) -> int:
         self._check_id_argument("thread_id", thread_id)
         self._claim_directory()
         async with self._thread_lock(thread_id):
-            return await run_to_completion(self._delete_thread(thread_id))
+            return await run_to_completion(self._remove_thread(thread_id))
 
-    async def _delete_thread(self, thread_id: str) -> int:
+    async def _remove_thread(self, thread_id: str) -> int:
         log = await self._load(thread_id)
         await self._blocking(jsonl_files.remove_thread, ThreadFiles(self._base, thread_id))
         del self._logs[thread_id]
         self._strays.pop(thread_id, None)
         return len(log.events)
 
-    async def delete_by_run(self, thread_id: str, run_id: str) -> int:
-        """Delete a run's records (the thread's seq goes on); return how many were removed."""
+    async def _delete_run(self, thread_id: str, run_id: str) -> int:
         self._check_id_argument("thread_id", thread_id)
         self._check_id_argument("run_id", run_id)
         self._claim_directory()
         async with self._thread_lock(thread_id):
-            return await run_to_completion(self._delete_run(thread_id, run_id))
+            return await run_to_completion(self._remove_run(thread_id, run_id))
 
-    async def _delete_run(self, thread_id: str, run_id: str) -> int:
+    async def _remove_run(self, thread_id: str, run_id: str) -> int:
         log = await self._load(thread_id)
         files = ThreadFiles(self._base, thread_id)
         if run_id not in log.runs and not files.run_file(run_id).exists():

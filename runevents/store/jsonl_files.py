@@ -4,6 +4,10 @@ Layout under a base directory (deer-flow's, so a `.deer-flow` directory opens as
 `threads/{thread_id}/runs/{run_id}.jsonl`, one record a line, plus `threads/{thread_id}/runs/.seq`,
 the thread's seq counter, written when a delete could otherwise let a seq be reused.
 Every function here blocks; the store calls them from a worker thread.
+
+Nothing below the base directory is followed if it is a symbolic link (`threads`, a thread's
+directory, its `runs`, a run file): ids are safe names, so without links every path stays inside
+the base, and a link planted there cannot make a read, write or delete reach anywhere else.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
+from runevents.errors import RunEventsError
 from runevents.events import Record, RunEventRecord, derived_event_id, record_from_model
 
 logger = logging.getLogger("runevents.store.jsonl")
@@ -39,6 +44,10 @@ def unsafe_id_problem(value: str) -> str | None:
         f"{value!r} is not a safe file name for the JSONL backend "
         "(letters, digits, '_', '-' and '.', not starting with '.')"
     )
+
+
+class UnsafePathError(RunEventsError, OSError):
+    """A path under the JSONL base directory is a symbolic link, which the backend never follows."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +70,20 @@ class ThreadFiles:
     def run_file(self, run_id: str) -> Path:
         """The file of one run."""
         return self.runs / f"{run_id}.jsonl"
+
+    def refuse_links(self, *files: Path) -> None:
+        """Raise `UnsafePathError` if the thread's directories, or any of `files`, is a symbolic link."""
+        threads = self.base / "threads"
+        for path in (threads, threads / self.thread_id, self.runs, *files):
+            refuse_link(path)
+
+
+def refuse_link(path: Path) -> None:
+    """Raise `UnsafePathError` if `path` is a symbolic link."""
+    if path.is_symlink():
+        raise UnsafePathError(
+            f"{path} is a symbolic link; the JSONL backend follows none under its base directory"
+        )
 
 
 @dataclass(slots=True)
@@ -138,9 +161,12 @@ def _read_run_file(path: Path, thread_id: str, loaded: LoadedThread) -> None:
 def load_thread(files: ThreadFiles) -> LoadedThread:
     """Read every record of a thread, repairing a torn last line in any of its files."""
     loaded = LoadedThread()
+    files.refuse_links()
     if not files.runs.is_dir():
         return loaded
-    for path in sorted(files.runs.glob("*.jsonl")):
+    run_files = sorted(files.runs.glob("*.jsonl"))
+    files.refuse_links(*run_files, files.counter)
+    for path in run_files:
         _read_run_file(path, files.thread_id, loaded)
     # Stable: records sharing a seq (deer-flow reuses one after its newest run is deleted) keep
     # their file order.
@@ -164,10 +190,18 @@ def append_lines(appends: Mapping[Path, list[bytes]], fsync: bool) -> None:
     written: list[tuple[int, int]] = []
     try:
         for path, lines in appends.items():
+            # runs/, the thread's directory and threads/ (a cached thread was checked only when loaded).
+            for directory in path.parents[:3]:
+                refuse_link(directory)
             created = not path.exists()
             if created:
                 path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                # O_NOFOLLOW: a run file that is a link fails here instead of writing through it.
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            except OSError:
+                refuse_link(path)
+                raise
             written.append((fd, os.fstat(fd).st_size))
             payload = memoryview(b"".join(line + b"\n" for line in lines))
             while payload:
@@ -186,6 +220,7 @@ def append_lines(appends: Mapping[Path, list[bytes]], fsync: bool) -> None:
 
 def write_counter(files: ThreadFiles, last_seq: int, fsync: bool) -> None:
     """Persist the thread's last assigned seq, atomically (write aside, then rename)."""
+    files.refuse_links()
     files.runs.mkdir(parents=True, exist_ok=True)
     aside = files.runs / f"{_COUNTER}.{uuid.uuid4().hex}.tmp"
     with open(aside, "w", encoding="ascii") as file:
@@ -207,6 +242,7 @@ def _run_of(line: bytes) -> Any:
 
 def remove_run(files: ThreadFiles, run_id: str, strays: Iterable[Path], fsync: bool) -> None:
     """Delete a run's file and its records held in other runs' files."""
+    files.refuse_links(files.run_file(run_id), *strays)
     for path in strays:
         kept = [line for line in path.read_bytes().split(b"\n") if _run_of(line) != run_id]
         aside = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
@@ -222,6 +258,7 @@ def remove_run(files: ThreadFiles, run_id: str, strays: Iterable[Path], fsync: b
 
 def remove_thread(files: ThreadFiles) -> None:
     """Delete every run file and the counter of a thread, atomically: rename the directory, then remove it."""
+    files.refuse_links()
     if not files.runs.is_dir():
         return
     doomed = files.runs.with_name(f"{_DELETING}{uuid.uuid4().hex}")
