@@ -33,3 +33,11 @@ class StoreLockedError(RunEventsError):
 
 class SchemaOutdatedError(RunEventsError):
     """The database's read tables are older (or newer) than this version of runevents needs."""
+
+
+class UnsupportedDatabaseError(RunEventsError, ValueError):
+    """A database URL runevents cannot use (other scheme or driver, or no URL); the message says why."""
+
+
+class InvalidStoreUrlError(RunEventsError, ValueError):
+    """A backend URL `open_store` cannot open as given; the message names the part and never a secret."""

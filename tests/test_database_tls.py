@@ -17,6 +17,8 @@ from typer.testing import CliRunner
 from runevents.cli import app
 from runevents.devstack.postgres import LocalPostgres
 from runevents.settings import Settings
+from runevents.store import open_store
+from runevents.store.migrate import upgrade_async
 from runevents.store.sql import engine_for
 from runevents.store.writes import libpq_dsn
 from tests.services import missing_tool
@@ -114,6 +116,27 @@ async def test_verify_full_connects_over_tls_on_both_paths(
         assert await plain.fetchval(IS_SSL) is False
     finally:
         await plain.close()
+
+
+async def test_open_store_takes_the_tls_parameters_of_its_url(
+    tls_postgres: LocalPostgres, ca: trustme.CA, tmp_path: Path
+) -> None:
+    # open_store refused sslmode and sslrootcert as "unknown options" before.
+    root = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(root))
+    url = f"{tls_postgres.url('postgres')}?sslmode=verify-full&sslrootcert={root}"
+    await upgrade_async(url, schema="open_store_tls")
+    async with open_store(f"{url}&schema=open_store_tls") as store:
+        written = await store.put(thread_id="t1", run_id="r1", event_type="run.start", category="lifecycle")
+        assert await store.list_events("t1", "r1") == [written]
+    stranger = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(stranger))
+    refused = (
+        f"{tls_postgres.url('postgres')}?sslmode=verify-full&sslrootcert={stranger}&schema=open_store_tls"
+    )
+    async with open_store(refused) as store:
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await store.count_messages("t1")
 
 
 def test_the_cli_reads_the_tls_settings_and_refuses_a_server_its_ca_did_not_sign(

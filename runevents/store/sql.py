@@ -19,12 +19,12 @@ from sqlalchemy import (
     event,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
-from runevents.errors import RunEventsError
+from runevents.errors import RunEventsError, UnsupportedDatabaseError
 from runevents.events import (
     DEFAULT_MAX_TRACE_CONTENT,
     PreparedEvent,
@@ -33,13 +33,13 @@ from runevents.events import (
     prepare_events,
     to_json,
 )
+from runevents.masking import mask_secrets
+from runevents.names import check_identifier
 from runevents.store import writes
 from runevents.store.group_commit import CommitOutcomeUnknown, GroupCommitter
 from runevents.store.query import ReadTablesStore
 from runevents.store.schema import run_events, thread_counters
 
-# Longer message ids are not indexed (a btree entry has a size limit); no real message id is near it.
-MAX_INDEXED_MESSAGE_ID: Final = 512
 _c = thread_counters.c
 _e = run_events.c
 
@@ -72,13 +72,40 @@ def _json_text(value: Any) -> str:
 LIBPQ_TLS: Final = ("sslmode", "sslrootcert", "sslcert", "sslkey", "sslpassword", "sslcrl")
 
 
+# The URL schemes a database URL may have, and the async driver each one runs on.
+DRIVERS: Final = {
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+    "postgresql+asyncpg": "postgresql+asyncpg",
+    "sqlite": "sqlite+aiosqlite",
+    "sqlite+aiosqlite": "sqlite+aiosqlite",
+}
+SUPPORTED_DATABASES: Final = "postgresql:// (asyncpg) or sqlite:// (aiosqlite)"
+
+
+def check_database_url(url: object) -> URL:
+    """The parsed URL, with its async driver, of a database runevents can use; else raise."""
+    if not isinstance(url, str):
+        raise UnsupportedDatabaseError(f"a database URL is a str, got {type(url).__name__}")
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError) as exc:
+        # SQLAlchemy's message quotes the URL: say what is wrong without it.
+        raise UnsupportedDatabaseError(
+            f"{mask_secrets(url)!r} is not a database URL; runevents reads {SUPPORTED_DATABASES}"
+        ) from exc.__cause__
+    driver = DRIVERS.get(parsed.drivername)
+    if driver is None:
+        raise UnsupportedDatabaseError(
+            f"database URL scheme {parsed.drivername + '://'!r} is not supported; runevents reads "
+            f"{SUPPORTED_DATABASES}"
+        )
+    return parsed.set(drivername=driver)
+
+
 def engine_for(url: str, *, schema: str | None = None, pool_size: int = 8) -> AsyncEngine:
     """An async engine for a PostgreSQL or SQLite URL (`postgresql://` and `sqlite://` get async drivers)."""
-    parsed = make_url(url)
-    if parsed.drivername in ("postgresql", "postgres"):
-        parsed = parsed.set(drivername="postgresql+asyncpg")
-    elif parsed.drivername == "sqlite":
-        parsed = parsed.set(drivername="sqlite+aiosqlite")
+    parsed = check_database_url(url)
     options: dict[str, Any] = {}
     if schema is not None:
         options["execution_options"] = {"schema_translate_map": {None: schema}}
@@ -119,7 +146,7 @@ class SqlRunEventStore(ReadTablesStore):
         write_concurrency: int = 4,
     ) -> None:
         self._url = url
-        self._schema = schema
+        self._schema = None if schema is None else check_identifier("schema", schema)
         self._engine = engine_for(url, schema=schema, pool_size=pool_size)
         self._max_trace_content = max_trace_content
         self._dialect = self._engine.dialect.name
@@ -241,14 +268,12 @@ class SqlRunEventStore(ReadTablesStore):
         async with self._transaction(f"put_if_absent on thread {prepared.thread_id!r}") as connection:
             return await writes.put_if_absent(connection, prepared, self._schema)
 
-    async def delete_by_thread(self, thread_id: str) -> int:
-        """Delete a thread's records and reset its seq; return how many were removed."""
+    async def _delete_thread(self, thread_id: str) -> int:
         await self._ready()
         async with self._transaction(f"delete_by_thread({thread_id!r})") as connection:
             return await writes.delete_thread(connection, thread_id)
 
-    async def delete_by_run(self, thread_id: str, run_id: str) -> int:
-        """Delete a run's records (the thread's seq goes on); return how many were removed."""
+    async def _delete_run(self, thread_id: str, run_id: str) -> int:
         await self._ready()
         async with self._transaction(f"delete_by_run({thread_id!r}, {run_id!r})") as connection:
             return await writes.delete_run(connection, thread_id, run_id)
