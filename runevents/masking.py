@@ -30,6 +30,10 @@ _ENCODED_USERINFO: Final = re.compile(
 )
 
 
+# A socket address as Python prints it, `('127.0.0.1', 5432)` or `('::1', 5432, 0, 0)`.
+_ADDRESS_TUPLE: Final = re.compile(r"\('([^'\s]+)', (\d+)(?:, \d+, \d+)?\)")
+
+
 def mask_secrets(text: str, *secrets: str | None) -> str:
     """`text` with every password a URL or DSN in it carries, and each of `secrets`, shown as `***`."""
     for secret in sorted((secret for secret in secrets if secret), key=len, reverse=True):
@@ -38,6 +42,26 @@ def mask_secrets(text: str, *secrets: str | None) -> str:
     text = _ENCODED_USERINFO.sub(rf"\g<1>{MASK}\g<3>", text)
     text = _PARAMETER.sub(rf"\g<1>{MASK}", text)
     return _ENCODED_PARAMETER.sub(rf"\g<1>{MASK}", text)
+
+
+def error_line(error: BaseException, *secrets: str | None, named: bool = True) -> str:
+    """One line saying what went wrong (after the error's name, if `named`), never a secret or a repr."""
+    # A SQLAlchemy error wraps the driver's; its own text adds the statement and its parameters.
+    orig = getattr(error, "orig", None)
+    if isinstance(orig, BaseException):
+        error = orig
+    lines = str(error).strip().splitlines()
+    name = type(error).__name__
+    if not lines:
+        return name
+    # Some errors (aiokafka's) start their message with their own name already.
+    line = lines[0] if not named or lines[0].startswith(name) else f"{name}: {lines[0]}"
+    return mask_secrets(_ADDRESS_TUPLE.sub(_address, line), *secrets)
+
+
+def _address(found: re.Match[str]) -> str:
+    host, port = found.group(1), found.group(2)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class MaskingFormatter(logging.Formatter):

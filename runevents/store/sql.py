@@ -33,7 +33,7 @@ from runevents.events import (
     prepare_events,
     to_json,
 )
-from runevents.masking import mask_secrets
+from runevents.masking import error_line, mask_secrets
 from runevents.names import check_identifier
 from runevents.store import writes
 from runevents.store.group_commit import CommitOutcomeUnknown, GroupCommitter
@@ -56,8 +56,8 @@ DATABASE_ERRORS: Final = (
 
 
 def reason_of(error: BaseException) -> str:
-    """The first line of what the database (or driver) said went wrong."""
-    return str(error.orig if isinstance(error, DBAPIError) else error).splitlines()[0]
+    """The first line of what the database (or driver) said went wrong, its secrets masked."""
+    return error_line(error, named=False)
 
 
 class WriteFailedError(RunEventsError):
