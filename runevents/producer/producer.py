@@ -31,6 +31,7 @@ from runevents.events import (
     headers_of,
     new_event_id,
 )
+from runevents.store.arguments import check_id
 from runevents.topic import DEFAULT_TOPIC, max_message_bytes
 
 log = logging.getLogger(__name__)
@@ -213,13 +214,22 @@ class EventProducer:
             ]
         )
 
-    async def publish_delete(self, thread_id: str, run_id: str | None = None) -> Published:
-        """Publish a delete of a thread (or of one run of it); return where it landed."""
+    async def publish_delete_thread(self, thread_id: str) -> Published:
+        """Publish a delete of a whole thread; return where it landed."""
+        check_id("thread_id", thread_id)
+        return await self._publish_op(DELETE_THREAD, thread_id, None)
+
+    async def publish_delete_run(self, thread_id: str, run_id: str) -> Published:
+        """Publish a delete of one run of a thread; return where it landed."""
+        # Two methods, not one with an optional run: a run id left out must never mean the thread.
+        check_id("thread_id", thread_id)
+        check_id("run_id", run_id)
+        return await self._publish_op(DELETE_RUN, thread_id, run_id)
+
+    async def _publish_op(self, op: str, thread_id: str, run_id: str | None) -> Published:
         event_id = new_event_id()
-        op = DELETE_THREAD if run_id is None else DELETE_RUN
-        (published,) = await self._send_all(
-            [(event_id, thread_id, encode_delete(event_id, thread_id, run_id), headers_of(op))]
-        )
+        value = encode_delete(event_id, thread_id, run_id)
+        (published,) = await self._send_all([(event_id, thread_id, value, headers_of(op))])
         return published
 
     async def _limit(self) -> int:

@@ -232,10 +232,10 @@ class BusRunEventStore(ReadTablesStore):
 
     async def _delete_thread(self, thread_id: str) -> int:
         await self._ready_to_publish()
-        result = await self._op_result(await self._producer.publish_delete(thread_id))
+        result = await self._op_result(await self._producer.publish_delete_thread(thread_id))
         return int(result.removed)
 
     async def _delete_run(self, thread_id: str, run_id: str) -> int:
         await self._ready_to_publish()
-        result = await self._op_result(await self._producer.publish_delete(thread_id, run_id))
+        result = await self._op_result(await self._producer.publish_delete_run(thread_id, run_id))
         return int(result.removed)

@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from runevents import events
+from runevents.errors import InvalidQueryError
 from runevents.events import (
     PUT,
     PUT_IF_ABSENT,
@@ -22,6 +23,7 @@ from runevents.events import (
     envelope_json_schema_text,
     prepare_event,
 )
+from runevents.producer import EventProducer
 
 EVENT = {
     "thread_id": "t1",
@@ -182,3 +184,39 @@ def test_the_fast_path_takes_what_the_producer_writes():
     for op in (PUT, PUT_IF_ABSENT):
         value = encode_put(prepare_event(EVENT), op)
         assert events._decode_put_fast(value, None) is not None, f"a {op} record fell back to the slow path"
+
+
+@pytest.mark.parametrize(
+    ("changed", "field"),
+    [
+        ({"content": {"id": "m\u0000"}}, "content.id"),
+        ({"metadata": {"task_id": "t\u0000"}}, "metadata.task_id"),
+        ({"metadata": {"caller": "mid\u0000dleware:x"}}, "metadata.caller"),
+    ],
+)
+@pytest.mark.parametrize("created_at", ["2026-01-01T00:00:00+00:00", "2026-01-01T00:00:00.1234567+00:00"])
+def test_a_record_with_nul_in_a_column_field_is_undecodable(
+    changed: dict[str, Any], field: str, created_at: str
+) -> None:
+    # Both decoding paths (the second timestamp is one only the validated path reads) refuse it, as a
+    # writer's validation would: the projector dead-letters it instead of storing what a read cannot.
+    document = {
+        "v": 1,
+        "op": "put",
+        "event_id": "0190a6f0-8c2e-7b3a-9e4f-1a2b3c4d5e6f",
+        **EVENT,
+        "created_at": created_at,
+        **changed,
+    }
+    with pytest.raises(UndecodableRecordError, match=field):
+        decode_record(orjson.dumps(document))
+
+
+async def test_a_delete_of_a_run_needs_the_run() -> None:
+    # Before, publish_delete(thread, None) published a delete of the whole thread.
+    producer = EventProducer("127.0.0.1:9", topic="never-reached")
+    with pytest.raises(InvalidQueryError, match="run_id"):
+        await producer.publish_delete_run("t1", None)  # type: ignore[arg-type]
+    with pytest.raises(InvalidQueryError, match="thread_id"):
+        await producer.publish_delete_thread("")
+    await producer.stop()
