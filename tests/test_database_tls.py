@@ -18,6 +18,7 @@ from runevents.cli import app
 from runevents.devstack.postgres import LocalPostgres
 from runevents.settings import Settings
 from runevents.store import open_store
+from runevents.store.failures import ReadFailedError
 from runevents.store.migrate import upgrade_async
 from runevents.store.sql import engine_for
 from runevents.store.writes import libpq_dsn
@@ -135,8 +136,9 @@ async def test_open_store_takes_the_tls_parameters_of_its_url(
         f"{tls_postgres.url('postgres')}?sslmode=verify-full&sslrootcert={stranger}&schema=open_store_tls"
     )
     async with open_store(refused) as store:
-        with pytest.raises(ssl.SSLCertVerificationError):
+        with pytest.raises(ReadFailedError, match="certificate verify failed") as caught:
             await store.count_messages("t1")
+        assert isinstance(caught.value.__cause__, ssl.SSLCertVerificationError)
 
 
 def test_the_cli_reads_the_tls_settings_and_refuses_a_server_its_ca_did_not_sign(

@@ -9,6 +9,7 @@ import pytest
 from runevents.errors import InvalidStoreUrlError, RunEventsError, UnsupportedDatabaseError
 from runevents.names import InvalidNameError
 from runevents.store import open_store
+from runevents.store.failures import ReadFailedError
 
 PLANTED = "pl4nted-S3cret"
 
@@ -107,3 +108,20 @@ def test_a_url_that_cannot_be_opened_is_one_masked_error(
 def test_a_url_that_is_not_a_string_is_refused() -> None:
     with pytest.raises(InvalidStoreUrlError, match="str"):
         open_store(None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("scheme", ["postgresql", "kafka"])
+async def test_a_database_that_does_not_answer_is_a_read_failed_error(
+    scheme: str, unused_tcp_port: int
+) -> None:
+    database = f"postgresql://u:{PLANTED}@127.0.0.1:{unused_tcp_port}/db?sslmode=disable"
+    url = database if scheme == "postgresql" else kafka(database)
+    async with open_store(url) as store:
+        with pytest.raises(ReadFailedError) as caught:
+            await store.list_messages("t1")
+    message = str(caught.value)
+    assert message.startswith("the read tables' database did not answer: ")
+    assert f"127.0.0.1:{unused_tcp_port}" in message  # where, as host:port, not a Python tuple
+    assert "('127.0.0.1'" not in message
+    assert PLANTED not in message
+    assert "\n" not in message

@@ -33,11 +33,12 @@ from runevents.events import (
 from runevents.names import check_identifier, check_topic
 from runevents.producer import EventProducer, Published
 from runevents.store import writes
+from runevents.store.failures import DATABASE_ERRORS, reason_of
 from runevents.store.group_commit import GroupCommitter
 from runevents.store.query import RECORD_COLUMNS, ReadTablesStore
 from runevents.store.read_your_writes import DEFAULT_POLL_INTERVAL_S, ProjectionWatcher
 from runevents.store.schema import op_results, run_events
-from runevents.store.sql import DATABASE_ERRORS, engine_for, reason_of
+from runevents.store.sql import engine_for
 from runevents.topic import DEFAULT_TOPIC
 
 DEFAULT_WAIT_S: Final = 30.0

@@ -23,6 +23,7 @@ from runevents.events import (
 )
 from runevents.store import migrate
 from runevents.store.base import RunEventStore
+from runevents.store.failures import DATABASE_ERRORS, ReadFailedError, reason_of
 from runevents.store.schema import STR, run_events, thread_counters
 
 _e = run_events.c
@@ -96,14 +97,20 @@ class ReadTablesStore(RunEventStore):
         async with self._schema_lock:
             if self._schema_checked:
                 return
-            async with self._engine.connect() as connection:
-                await migrate.check_schema(connection, schema=self._schema)
+            try:
+                async with self._engine.connect() as connection:
+                    await migrate.check_schema(connection, schema=self._schema)
+            except DATABASE_ERRORS as exc:
+                raise ReadFailedError(f"the read tables' database did not answer: {reason_of(exc)}") from exc
             self._schema_checked = True
 
     async def _rows(self, statement: Select[Any]) -> list[Any]:
         await self._ready()
-        async with self._engine.connect() as connection:
-            return list((await connection.execute(statement)).all())
+        try:
+            async with self._engine.connect() as connection:
+                return list((await connection.execute(statement)).all())
+        except DATABASE_ERRORS as exc:
+            raise ReadFailedError(f"reading the read tables failed: {reason_of(exc)}") from exc
 
     async def _records(self, statement: Select[Any], newest_first: bool = False) -> list[Record]:
         records = [row_to_record(row) for row in await self._rows(statement)]

@@ -24,7 +24,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
-from runevents.errors import RunEventsError, UnsupportedDatabaseError
+from runevents.errors import UnsupportedDatabaseError
 from runevents.events import (
     DEFAULT_MAX_TRACE_CONTENT,
     PreparedEvent,
@@ -33,35 +33,16 @@ from runevents.events import (
     prepare_events,
     to_json,
 )
-from runevents.masking import error_line, mask_secrets
+from runevents.masking import mask_secrets
 from runevents.names import check_identifier
 from runevents.store import writes
+from runevents.store.failures import DATABASE_ERRORS, WriteFailedError, reason_of
 from runevents.store.group_commit import CommitOutcomeUnknown, GroupCommitter
 from runevents.store.query import ReadTablesStore
 from runevents.store.schema import run_events, thread_counters
 
 _c = thread_counters.c
 _e = run_events.c
-
-
-# COPY goes to asyncpg directly, so its errors arrive unwrapped by SQLAlchemy.
-# asyncpg's InternalClientError: a connection the server ended mid-operation can surface as one.
-DATABASE_ERRORS: Final = (
-    DBAPIError,
-    OSError,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    asyncpg.InternalClientError,
-)
-
-
-def reason_of(error: BaseException) -> str:
-    """The first line of what the database (or driver) said went wrong, its secrets masked."""
-    return error_line(error, named=False)
-
-
-class WriteFailedError(RunEventsError):
-    """The database refused or lost a write; nothing of it was stored unless the message says otherwise."""
 
 
 def _json_text(value: Any) -> str:

@@ -12,8 +12,8 @@ import pytest
 
 from runevents.errors import RunEventsError
 from runevents.store import writes
+from runevents.store.failures import WriteFailedError
 from runevents.store.group_commit import CommitOutcomeUnknown, GroupCommitter
-from runevents.store.sql import WriteFailedError
 from tests.sql.support import (
     Record,
     fetch_all,
