@@ -30,8 +30,9 @@ _ENCODED_USERINFO: Final = re.compile(
 )
 
 
-# A socket address as Python prints it, `('127.0.0.1', 5432)` or `('::1', 5432, 0, 0)`.
-_ADDRESS_TUPLE: Final = re.compile(r"\('([^'\s]+)', (\d+)(?:, \d+, \d+)?\)")
+# A socket address as Python prints it: `('127.0.0.1', 5432)`, `('::1', 5432, 0, 0)`, or aiokafka's
+# `('127.0.0.1', 9092, <AddressFamily.AF_INET: 2>)`.
+_ADDRESS_TUPLE: Final = re.compile(r"\('([^'\s]+)', (\d+)(?:, (?:\d+|<[^<>]*>))*\)")
 
 
 def mask_secrets(text: str, *secrets: str | None) -> str:

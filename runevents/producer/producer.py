@@ -31,6 +31,7 @@ from runevents.events import (
     headers_of,
     new_event_id,
 )
+from runevents.masking import error_line
 from runevents.store.arguments import check_id
 from runevents.topic import DEFAULT_TOPIC, max_message_bytes
 
@@ -163,7 +164,7 @@ class EventProducer:
                 self._idempotence = idempotent
             except KafkaError as exc:
                 raise BrokerUnavailableError(
-                    f"cannot reach the Kafka broker at {self._bootstrap_servers}: {exc!r}"
+                    f"cannot reach the Kafka broker at {self._bootstrap_servers}: {error_line(exc)}"
                 ) from exc
             self._producer = producer
 
