@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from pathlib import Path
@@ -24,18 +25,22 @@ from runevents.cli_support import (
     Topic,
     error_line,
     fail,
+    failure_line,
+    log_to_stderr,
     run_or_fail,
-    secrets_of,
     settings_of,
 )
 from runevents.consumer import Projector
-from runevents.errors import RunEventsError
+from runevents.consumer.projector import PartitionsError
+from runevents.errors import RunEventsError, SchemaOutdatedError
 from runevents.events import envelope_json_schema_text
 from runevents.metrics import serve_metrics
+from runevents.names import InvalidNameError
 from runevents.settings import Settings, SettingsError, load_settings
 from runevents.store import migrate
-from runevents.store.sql import DATABASE_ERRORS, engine_for
-from runevents.topic import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_PARTITIONS, create_topic
+from runevents.store.failures import DATABASE_ERRORS
+from runevents.store.sql import engine_for
+from runevents.topic import DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_PARTITIONS, TopicMissingError, create_topic
 
 STARTUP_CHECK_S: Final = 15.0
 
@@ -54,7 +59,8 @@ def db_upgrade(
     url: Annotated[
         str | None,
         typer.Argument(
-            help="postgresql://user@host/db or sqlite:///path/to.db [setting database_url]",
+            help="postgresql://user@host/db or sqlite:///path/to.db "
+            "[setting database_url, env RUNEVENTS_DATABASE_URL]",
             show_default=False,
         ),
     ] = None,
@@ -78,9 +84,9 @@ def db_upgrade(
             fail(f"cannot upgrade {shown}: directory {folder} does not exist")
     try:
         before, after = asyncio.run(_db_upgrade(settings.database(), settings.schema_name))
-    # ImportError: a driver named in the URL (postgresql+psycopg) that is not installed.
-    except (SQLAlchemyError, CommandError, OSError, ValueError, ImportError) as error:
-        fail(f"cannot upgrade {shown}: {error_line(error, *secrets_of(settings))}")
+    # ImportError: a driver named in the URL that is not installed.
+    except (RunEventsError, SQLAlchemyError, CommandError, OSError, ValueError, ImportError) as error:
+        fail(f"cannot upgrade {shown}: {error_line(error)}")
     done = "" if before != after else " (already at head, nothing to do)"
     typer.echo(f"{shown}: {before or 'none'} -> {after}{done}")
 
@@ -163,7 +169,8 @@ def project(
     projection: Annotated[
         str | None,
         typer.Option(
-            help="The projection's name; its offsets are kept under it [setting projection; default main]",
+            help="The projection's name; its offsets are kept under it "
+            "[setting projection, env RUNEVENTS_PROJECTION; default main]",
             show_default=False,
         ),
     ] = None,
@@ -183,7 +190,16 @@ def project(
     metrics_port: Annotated[
         int | None,
         typer.Option(
-            help="Port of /metrics, /healthz and /livez; 0: none [setting metrics_port; default 9400]",
+            help="Port of /metrics, /healthz and /livez; 0: none "
+            "[setting metrics_port, env RUNEVENTS_METRICS_PORT; default 9400]",
+            show_default=False,
+        ),
+    ] = None,
+    metrics_host: Annotated[
+        str | None,
+        typer.Option(
+            help="Address the metrics port listens on; 0.0.0.0 for every interface (a pod's probes) "
+            "[setting metrics_host, env RUNEVENTS_METRICS_HOST; default 127.0.0.1]",
             show_default=False,
         ),
     ] = None,
@@ -206,7 +222,41 @@ def project(
         projection=projection,
         schema_name=schema,
         metrics_port=metrics_port,
+        metrics_host=metrics_host,
     )
+    try:
+        asyncio.run(_project(settings, owned, session_timeout_ms))
+    # Raised while starting: a setting to fix (the brokers, the tables, a name). Later, aiokafka
+    # reconnects and the projector retries the database with backoff.
+    except _START_ERRORS as error:
+        fail(f"projector did not start: {failure_line(error, settings)}")
+    except (SQLAlchemyError, OSError, RunEventsError, KafkaError, ValueError) as error:
+        fail(f"projector stopped: {failure_line(error, settings)}")
+
+
+class ProjectorStartError(RunEventsError):
+    """A projector that cannot start; the message says which server and why."""
+
+
+# What a projector raises while starting: a setting to fix (the brokers, the tables, a name, the
+# partitions it was told to own).
+_START_ERRORS: Final = (
+    ProjectorStartError,
+    KafkaConnectionError,
+    SchemaOutdatedError,
+    InvalidNameError,
+    PartitionsError,
+    TopicMissingError,
+)
+
+
+async def _project(settings: Settings, owned: list[int] | None, session_timeout_ms: int) -> None:
+    """Run a projector until SIGTERM or SIGINT, then let it finish its batch and leave the group."""
+    # Its own lines (assignments, stale batches, dead letters) at INFO; the Kafka client's and the
+    # migrations' at WARNING. Every line masked: a driver's message may quote a URL.
+    log_to_stderr(settings.log_level)
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     projector = Projector(
         settings.bootstrap_servers(),
         settings.database(),
@@ -220,26 +270,6 @@ def project(
         },
         client_options=settings.kafka_options(),
     )
-    try:
-        asyncio.run(_project(projector, settings))
-    except ProjectorStartError as error:
-        fail(f"projector did not start: {error}")
-    except KafkaConnectionError as error:  # raised only while bootstrapping; later, aiokafka reconnects
-        line = error_line(error, *secrets_of(settings))
-        fail(f"projector did not start: the brokers at {settings.kafka} did not answer: {line}")
-    except (SQLAlchemyError, OSError, RunEventsError, KafkaError) as error:
-        fail(f"projector stopped: {error_line(error, *secrets_of(settings))}")
-
-
-class ProjectorStartError(RunEventsError):
-    """A projector that cannot start; the message says which server and why."""
-
-
-async def _project(projector: Projector, settings: Settings) -> None:
-    """Run the projector until SIGTERM or SIGINT, then let it finish its batch and leave the group."""
-    # Its own lines (assignments, stale batches, dead letters) at INFO; the Kafka client's at WARNING.
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("aiokafka").setLevel(logging.WARNING)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -253,8 +283,15 @@ async def _project(projector: Projector, settings: Settings) -> None:
         if isinstance(error, TimeoutError):
             reason = f"no answer within {STARTUP_CHECK_S:g} s"
         else:
-            reason = error_line(error, *secrets_of(settings))
+            reason = error_line(error)
         where = settings.shown_database()
         raise ProjectorStartError(f"the database {where} refused or did not answer: {reason}") from None
-    async with serve_metrics(projector, settings.metrics_host, settings.metrics_port):
+    async with contextlib.AsyncExitStack() as serving:
+        try:
+            await serving.enter_async_context(
+                serve_metrics(projector, settings.metrics_host, settings.metrics_port)
+            )
+        except OSError as error:  # the port taken, or an address this host does not have
+            where = f"{settings.metrics_host}:{settings.metrics_port}"
+            raise ProjectorStartError(f"cannot serve metrics on {where}: {error_line(error)}") from None
         await projector.run(stop)

@@ -8,6 +8,7 @@ from typing import Annotated, Final
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from sqlalchemy.exc import SQLAlchemyError
 
 from runevents.cli_support import (
     DatabaseUrl,
@@ -15,16 +16,24 @@ from runevents.cli_support import (
     ProjectionSchema,
     RateColumn,
     Topic,
+    error_line,
+    refused_connection,
     run_or_fail,
     settings_of,
     stop_on_signals,
 )
+from runevents.errors import RunEventsError
+from runevents.masking import mask_secrets
 from runevents.ops import backfill as ops
 from runevents.ops.backfill_sources import open_source
 from runevents.settings import Settings
 
 SHOWN_REJECTED: Final = 20
 SOME_REJECTED: Final = 2  # the exit status of a backfill that imported all but the rejected records
+
+
+class SourceUnreadableError(RunEventsError):
+    """The backfill's source could not be opened; the message names it (its passwords masked)."""
 
 
 def backfill(
@@ -73,7 +82,14 @@ def backfill(
 async def _backfill(
     console: Console, location: str, source_schema: str | None, settings: Settings, strict: bool, batch: int
 ) -> ops.Backfilled:
-    source = await open_source(location, source_schema)
+    try:
+        source = await open_source(location, source_schema)
+    except (SQLAlchemyError, OSError, ImportError) as error:
+        # Said here: the same failure on the topic's database would otherwise read alike.
+        verb = "refused or did not answer" if refused_connection(error) else "cannot be read"
+        raise SourceUnreadableError(
+            f"the source {mask_secrets(location)} {verb}: {error_line(error)}"
+        ) from None
     stop = stop_on_signals()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn("rec/s"))
     bar = Progress(*columns, TimeRemainingColumn(), console=console)

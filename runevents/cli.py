@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import sys
+import traceback
+from importlib.metadata import version
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperOption
 
 from runevents import admin_cli, demo_cli
 from runevents.backfill_cli import backfill as backfill_command
-from runevents.cli_support import CONFIG_FILE
+from runevents.cli_support import begin_command, error_line, mask
 from runevents.dead_letters_cli import dead_letters_app
 from runevents.heap import keep_heap_top
 from runevents.promote_cli import projection_app
@@ -17,12 +21,46 @@ from runevents.promote_cli import promote as promote_command
 from runevents.replay_cli import replay as replay_command
 from runevents.settings import CONFIG_ENV
 
-app = typer.Typer(
+_value_type = TyperOption.display_type_rich
+
+
+def _flag_type(option: TyperOption, ctx: Any) -> str | None:
+    """The value type help shows for an option: none for a flag (`--strict`, `--help`), as it takes none."""
+    if option.is_flag and not option.count:
+        return None
+    return _value_type(option, ctx)
+
+
+# Typer labels every flag `<bool>`, as if it took a value; one place for every command's help.
+setattr(TyperOption, "display_type_rich", _flag_type)  # noqa: B010 (mypy refuses assigning a method)
+
+
+class RunEventsApp(typer.Typer):
+    """The app, whose unexpected errors (bugs) still print nothing secret: the traceback is masked."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the command line; an error no command turned into a line prints masked, and exits 1."""
+        try:
+            return super().__call__(*args, **kwargs)
+        except Exception as error:  # every expected failure is a one-line `error:` before it gets here
+            sys.stderr.write(mask("".join(traceback.format_exception(error))))
+            sys.stderr.write(f"error: unexpected {error_line(error)} (a bug in runevents)\n")
+            raise SystemExit(1) from None
+
+
+app = RunEventsApp(
     rich_markup_mode="markdown",
     help="runevents: storage for the event streams of AI agent runs.",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_enable=False,
 )
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        typer.echo(f"runevents {version('runevents')}")
+        raise typer.Exit()
 
 
 @app.callback()
@@ -32,18 +70,25 @@ def main(
         typer.Option(
             "--config",
             envvar=CONFIG_ENV,
-            help="A TOML file of settings (see `runevents config`); options and RUNEVENTS_* "
-            "variables take precedence over it.",
+            help=f"A TOML file of settings (see `runevents config`); options and RUNEVENTS_* "
+            f"variables take precedence over it [env {CONFIG_ENV}]",
             show_default=False,
+            show_envvar=False,
         ),
     ] = None,
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_print_version, help="Print runevents' version and exit."
+        ),
+    ] = False,
 ) -> None:
     """runevents: storage for the event streams of AI agent runs.
 
     Every setting can be given as an option, as a RUNEVENTS_* variable or in the --config file;
     `runevents config` prints them all and where each came from.
     """
-    CONFIG_FILE.set(config)
+    begin_command(config)
     # Every command runs in a process of runevents' own (a projector, the demo and its writers).
     keep_heap_top()
 

@@ -22,10 +22,9 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
-from runevents.cli_support import error_line, fail
+from runevents.cli_support import error_line, fail, remember_secrets
 from runevents.devstack.stack import (
     DATABASE_ENV,
     KAFKA_ENV,
@@ -35,10 +34,12 @@ from runevents.devstack.stack import (
     port_taken,
     split_agents,
 )
-from runevents.errors import RunEventsError, StoreLockedError
+from runevents.errors import RunEventsError, StoreLockedError, UnsupportedDatabaseError
 from runevents.events import MIDDLEWARE_CALLER_PREFIX, Record
 from runevents.fleet import RECEIPT, FleetSummary, run_fleet
+from runevents.settings import url_secrets
 from runevents.store import JsonlRunEventStore, RunEventStore
+from runevents.store.sql import check_database_url
 
 PAGE: Final = 8  # messages per page in the demo (deer-flow's default is 50)
 RUN_ROWS: Final = 16  # events of the sample run shown before eliding the rest
@@ -339,12 +340,16 @@ def _run_bus_demo(
 ) -> list[str]:
     """Run the bus demo on the dev stack, turning any failure into one line; the failed checks' names."""
     database_url = os.environ.get(DATABASE_ENV) or None
-    password = None
     if database_url is not None:
+        remember_secrets(*url_secrets(database_url))
         try:
-            password = make_url(database_url).password
-        except ArgumentError:
-            fail(f"{DATABASE_ENV} is not a database URL; expected e.g. postgresql://user@host/db")
+            backend = check_database_url(database_url).get_backend_name()
+        except UnsupportedDatabaseError as error:
+            fail(f"{DATABASE_ENV}: {error}")
+        if backend != "postgresql":
+            fail(
+                f"{DATABASE_ENV}: the bus demo's read tables are in PostgreSQL, expected a postgresql:// URL"
+            )
     work_dir = directory or Path(tempfile.mkdtemp(prefix="runevents-devstack-"))
     stack = DevStack(
         work_dir,
@@ -366,11 +371,11 @@ def _run_bus_demo(
     except KeyboardInterrupt:
         interrupted = True
     except DevStackError as error:
-        cause = f": {error_line(error.__cause__, password)}" if error.__cause__ else ""
+        cause = f": {error_line(error.__cause__)}" if error.__cause__ else ""
         port = "; a port was taken while starting, run it again" if port_taken(error) else ""
         failure = f"{error}{cause}{port}"
     except (RunEventsError, SQLAlchemyError, KafkaError, OSError) as error:
-        failure = f"the demo failed: {error_line(error, password)}"
+        failure = f"the demo failed: {error_line(error)}"
     finally:
         kafka_log.setLevel(level)
     logs = work_dir.is_dir() and any(work_dir.iterdir())

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from runevents.cli_support import DatabaseUrl, KafkaServers, Topic, run_or_fail, settings_of
+from runevents.cli_support import DatabaseUrl, KafkaServers, Topic, check_names, run_or_fail, settings_of
 from runevents.ops import promote as ops
 
 projection_app = typer.Typer(
@@ -41,6 +41,11 @@ def promote(
     tables or the new one's, never a mix. The first promotion creates the serving schema: point
     readers at it once (`?schema=serving` in their URL), and every later switch is this command.
     """
+    check_names(
+        ("PROJECTION", "projection", projection),
+        ("--schema", "schema", schema),
+        ("--serving", "schema", serving),
+    )
     settings = settings_of(database_url=database_url, kafka=bootstrap_servers, topic=topic)
     topic = settings.topic
     promoted = run_or_fail(
@@ -71,6 +76,11 @@ def drop(
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Drop a projection that is not served: its schema and all its tables (stop its projectors first)."""
+    check_names(
+        ("PROJECTION", "projection", projection),
+        ("--schema", "schema", schema),
+        ("--serving", "schema", serving),
+    )
     where = ops.projection_schema(projection, schema)
     if not yes:
         typer.confirm(f"drop projection {projection!r} and schema {where!r} with all its tables?", abort=True)
@@ -82,6 +92,7 @@ def drop(
 @projection_app.command("history")
 def history(database_url: DatabaseUrl = None, serving: Serving = ops.DEFAULT_SERVING) -> None:
     """Every promotion of the serving schema, oldest first; the last one is served now."""
+    check_names(("--serving", "schema", serving))
     settings = settings_of(database_url=database_url)
     promotions = run_or_fail(ops.history(settings.database(), serving), settings)
     if not promotions:

@@ -13,6 +13,7 @@ from runevents.cli_support import (
     KafkaServers,
     RateColumn,
     Topic,
+    check_names,
     run_or_fail,
     settings_of,
     stop_on_signals,
@@ -36,6 +37,7 @@ def replay(
 
     Refuses a topic whose log no longer starts at offset 0 (retention not -1).
     """
+    check_names(("--projection", "projection", projection), ("--schema", "schema", schema))
     settings = settings_of(database_url=database_url, kafka=bootstrap_servers, topic=topic)
     topic = settings.topic
     console = Console(highlight=False, soft_wrap=True)  # summary lines whole, for logs and greps

@@ -3,7 +3,9 @@
 Precedence, highest first: an option given on the command line, the environment, the TOML file
 (`--config PATH` or `RUNEVENTS_CONFIG`), the default. `Settings.origins` says where each value
 came from, for `runevents config`. Secrets (the database and SASL passwords) are `SecretStr`: they
-print as `**********`, and the database URL is shown without its password; nothing here logs them.
+print as `**********`, and the database URL is shown with its passwords masked; nothing here logs them.
+A `RUNEVENTS_*` variable that is no setting (a misspelling) is named by
+`runevents.environment.unknown_variables`, as a misspelled key in the file is an error.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import os
 import ssl
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 from urllib.parse import urlencode
@@ -22,7 +24,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from runevents.consumer.projector import DEFAULT_PROJECTION
-from runevents.errors import RunEventsError
+from runevents.errors import RunEventsError, UnsupportedDatabaseError
+from runevents.masking import mask_secrets
+from runevents.names import InvalidNameError, check_identifier, check_topic
+from runevents.store.sql import check_database_url
 from runevents.topic import DEFAULT_TOPIC
 
 if TYPE_CHECKING:
@@ -31,6 +36,7 @@ if TYPE_CHECKING:
 ENV_PREFIX: Final = "RUNEVENTS_"
 CONFIG_ENV: Final = "RUNEVENTS_CONFIG"
 DEFAULT_METRICS_PORT: Final = 9400
+DEFAULT_METRICS_HOST: Final = "127.0.0.1"
 SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
@@ -87,8 +93,14 @@ class Settings(BaseSettings):
         le=65535,
         description="Projector's /metrics and /healthz port (0: off)",
     )
-    metrics_host: str = Field(default="0.0.0.0", description="Address the metrics port listens on")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level")
+    # Local only unless set: /metrics tells anyone who can reach it the topic, lag and partitions.
+    metrics_host: str = Field(
+        default=DEFAULT_METRICS_HOST,
+        description="Address the metrics port listens on (0.0.0.0: every interface, as in a pod)",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Log level (any case)"
+    )
 
     @field_validator("database_url")
     @classmethod
@@ -96,12 +108,35 @@ class Settings(BaseSettings):
         if value is None:
             return None
         try:
-            url = make_url(value)
-        except ArgumentError:
-            raise ValueError("expected a database URL such as postgresql://user@host:5432/db") from None
-        if url.get_backend_name() not in ("postgresql", "sqlite"):
-            raise ValueError(f"expected a postgresql:// or sqlite:// URL, got {url.drivername}://")
+            check_database_url(value)  # the same rule the engine applies, so refused here, not mid-run
+        except UnsupportedDatabaseError:
+            scheme = value.partition("://")[0]
+            if "://" in value and scheme.replace("+", "").isalnum() and len(scheme) <= 32:
+                raise ValueError(f"expected a postgresql:// or sqlite:// URL, got {scheme}://") from None
+            raise ValueError(
+                "expected a database URL such as postgresql://user@host:5432/db or sqlite:///path"
+            ) from None
         return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_case_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("topic")
+    @classmethod
+    def _check_topic(cls, value: str) -> str:
+        return _named(check_topic, value)
+
+    @field_validator("projection")
+    @classmethod
+    def _check_projection(cls, value: str) -> str:
+        return _named(lambda name: check_identifier("projection", name), value)
+
+    @field_validator("schema_name")
+    @classmethod
+    def _check_schema_name(cls, value: str | None) -> str | None:
+        return None if value is None else _named(lambda name: check_identifier("schema", name), value)
 
     @field_validator("kafka")
     @classmethod
@@ -156,10 +191,21 @@ class Settings(BaseSettings):
         return url.render_as_string(hide_password=False)
 
     def shown_database(self) -> str | None:
-        """The database URL as it may be printed: without its password."""
+        """The database URL as it may be printed: every password it carries masked."""
         if self.database_url is None:
             return None
-        return make_url(self.database_url).render_as_string(hide_password=True)
+        return mask_secrets(make_url(self.database_url).render_as_string(hide_password=True))
+
+    def secrets(self) -> list[str]:
+        """The secret values these settings hold (passwords in the URL included), to mask in messages."""
+        found = [
+            secret.get_secret_value()
+            for secret in (self.database_password, self.kafka_sasl_password)
+            if secret is not None
+        ]
+        if self.database_url is not None:
+            found += url_secrets(self.database_url)
+        return [secret for secret in found if secret]
 
     def bootstrap_servers(self) -> str:
         """The Kafka bootstrap servers (required)."""
@@ -229,14 +275,37 @@ class Settings(BaseSettings):
         )
 
     def shown(self) -> dict[str, str]:
-        """Every setting as `runevents config` prints it: secrets masked, the URL without its password."""
+        """Every setting as `runevents config` prints it: secrets masked, the URL's passwords too."""
         shown = {}
+        secrets = self.secrets()
         for name in type(self).model_fields:
             value = getattr(self, name)
             if name == "database_url":
                 value = self.shown_database()
-            shown[name] = "-" if value is None else str(value)
+            shown[name] = "-" if value is None else mask_secrets(str(value), *secrets)
         return shown
+
+
+# Query parameters of a database URL whose values are secrets (libpq's).
+_URL_SECRETS: Final = ("password", "sslpassword")
+
+
+def url_secrets(url: str) -> list[str]:
+    """The passwords a database URL carries (its userinfo's, its query's); none if it is no URL."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return []
+    found = [parsed.password or "", *(str(parsed.query.get(key, "")) for key in _URL_SECRETS)]
+    return [secret for secret in found if secret]
+
+
+def _named(check: Callable[[str], str], value: str) -> str:
+    """`value` if `check` (a runevents.names rule) takes it, else the ValueError pydantic reports."""
+    try:
+        return check(value)
+    except InvalidNameError as error:
+        raise ValueError(str(error)) from None
 
 
 def _env_name(name: str) -> str:
@@ -254,7 +323,15 @@ def _how_to_set(name: str) -> str:
 
 
 # The command-line options that stand for settings (the others are set by environment or file).
-_OPTIONS: Final = {"database_url": "database", "kafka": "kafka", "topic": "topic", "schema_name": "schema"}
+_OPTIONS: Final = {
+    "database_url": "database",
+    "kafka": "kafka",
+    "topic": "topic",
+    "schema_name": "schema",
+    "projection": "projection",
+    "metrics_port": "metrics-port",
+    "metrics_host": "metrics-host",
+}
 
 
 def _read_file(path: Path) -> dict[str, Any]:
@@ -294,7 +371,7 @@ def load_settings(options: Mapping[str, Any] | None = None, config_file: Path | 
     origins = {}
     for name in Settings.model_fields:
         if name in given:
-            origins[name] = f"option --{_OPTIONS.get(name, name)}"
+            origins[name] = f"option --{_OPTIONS.get(name, name.replace('_', '-'))}"
         elif name in from_env:
             origins[name] = f"env {_env_name(name)}"
         elif name in from_file:

@@ -12,6 +12,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from runevents.errors import RunEventsError
+from runevents.names import check_topic
 
 DEFAULT_TOPIC: Final = "run-events"
 DEFAULT_PARTITIONS: Final = 12
@@ -39,6 +40,7 @@ async def create_topic(
     client_options: dict[str, Any] | None = None,
 ) -> bool:
     """Create `topic` (kept forever: retention -1) unless it exists; return whether it was created."""
+    check_topic(topic)  # before any client: a refused name leaves nothing made
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **(client_options or {}))
     await admin.start()
     try:
@@ -94,8 +96,8 @@ async def log_offsets(
         fetch_max_wait_ms=50,
         **(client_options or {}),
     )
-    await consumer.start()
     try:
+        await consumer.start()  # in the try: a start that fails (no broker) is stopped too, not leaked
         await consumer.topics()  # fetches the cluster's metadata, partitions included
         partitions = consumer.partitions_for_topic(topic)
         if not partitions:

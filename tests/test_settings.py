@@ -34,16 +34,16 @@ def test_an_option_beats_the_environment_which_beats_the_file_which_beats_the_de
 ) -> None:
     config = tmp_path / "runevents.toml"
     config.write_text(
-        '[runevents]\ntopic = "from-file"\nprojection = "file-projection"\nkafka = "file:9092"\n'
+        '[runevents]\ntopic = "from-file"\nprojection = "file_projection"\nkafka = "file:9092"\n'
     )
     monkeypatch.setenv("RUNEVENTS_TOPIC", "from-env")
-    monkeypatch.setenv("RUNEVENTS_PROJECTION", "env-projection")
+    monkeypatch.setenv("RUNEVENTS_PROJECTION", "env_projection")
 
     loaded = load_settings({"topic": "from-option", "kafka": None}, config)
     settings = loaded.settings
     assert (settings.topic, settings.projection, settings.kafka, settings.metrics_port) == (
         "from-option",
-        "env-projection",
+        "env_projection",
         "file:9092",
         9400,
     )

@@ -15,74 +15,40 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shlex
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
-import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord
-from sqlalchemy import BigInteger, Integer, Text, bindparam, delete, select, text
+from sqlalchemy import delete, select, text
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from runevents import metrics
-from runevents.events import (
-    PUT_IF_ABSENT,
-    DeleteRunEnvelope,
-    DeleteThreadEnvelope,
-    PreparedEvent,
-    UndecodableRecordError,
-    decode_record,
-)
-from runevents.store import writes
-from runevents.store.schema import (
-    dead_letters,
-    deleted_events,
-    op_results,
-    projection_offsets,
-)
-from runevents.store.sql import DATABASE_ERRORS, engine_for
-from runevents.topic import DEFAULT_TOPIC, dead_letter_topic
+from runevents.consumer.batch import BatchWriter, Owned, StaleBatchError
+from runevents.errors import RunEventsError, SchemaOutdatedError
+from runevents.masking import mask_secrets
+from runevents.names import check_identifier, check_topic
+from runevents.retrying import RETRY_FIRST_S, one_line, pause, retry_until_stopped
+from runevents.store import migrate
+from runevents.store.failures import DATABASE_ERRORS
+from runevents.store.schema import deleted_events, op_results, projection_offsets
+from runevents.store.sql import engine_for
+from runevents.topic import DEFAULT_TOPIC, TopicMissingError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PROJECTION: Final = "main"
-# The channel the projector notifies on each commit; writers waiting for read-your-writes listen.
-NOTIFY_CHANNEL: Final = "runevents_projected"
 # Op results and tombstones serve writers waiting on them and retries of the same record: minutes.
 RESULTS_KEPT_S: Final = 3600
 PRUNE_EVERY_S: Final = 60
-# Backing off while the database does not answer.
-RETRY_FIRST_S: Final = 0.1
-RETRY_MAX_S: Final = 5.0
 _o = projection_offsets.c
 
 
-# A NOTIFY payload must stay under 8000 bytes; a batch over many partitions is told in several.
-_NOTIFY_LIMIT: Final = 7000
-
-
-def notifications(
-    schema: str | None, projection: str, topic: str, reached: list[tuple[int, int]]
-) -> list[str]:
-    """NOTIFY payloads saying how far a projection got: `schema TAB projection TAB topic TAB p:o,p:o`."""
-    head = "\t".join((schema or "", projection, topic)) + "\t"
-    payloads: list[str] = []
-    parts: list[str] = []
-    for partition, next_offset in reached:
-        parts.append(f"{partition}:{next_offset}")
-        if len(head) + sum(len(part) + 1 for part in parts) > _NOTIFY_LIMIT:
-            payloads.append(head + ",".join(parts))
-            parts = []
-    if parts:
-        payloads.append(head + ",".join(parts))
-    return payloads
-
-
-class StaleBatchError(Exception):
-    """The stored offset of a partition moved since this projector read it: another one owns it now."""
+class PartitionsError(RunEventsError, ValueError):
+    """Partitions a projector was told to own that its topic does not have."""
 
 
 class Projector:
@@ -103,58 +69,39 @@ class Projector:
         consumer_options: dict[str, Any] | None = None,
         client_options: dict[str, Any] | None = None,
     ) -> None:
-        self.topic = topic
-        self.projection = projection
+        # Names first: a refused one must leave nothing opened (no engine, no client).
+        self.topic = check_topic(topic)
+        self.projection = check_identifier("projection", projection)
+        self._schema = None if schema is None else check_identifier("schema", schema)
         self._bootstrap_servers = bootstrap_servers
-        self._schema = schema
+        self._database_url = database_url
         # With `partitions`, this projector owns them outright (no group); else the group shares them.
         self._partitions = None if partitions is None else list(partitions)
         # One group per projection of a topic: projectors of other topics never rebalance these.
         self._group_id = group_id or f"runevents-projector-{projection}-{topic}"
         self._max_batch = max_batch
-        self._max_trace_content = max_trace_content
         self._consumer_options = dict(consumer_options or {})
         self._client_options = dict(client_options or {})
         self._engine = engine_for(database_url, schema=schema, pool_size=2)
-        offsets = writes.qualified(projection_offsets, schema)
-        # One statement a batch for the fence: lock the partitions' offset rows in partition order (two
-        # projectors sharing partitions for a moment, in a rebalance, queue on them instead of
-        # deadlocking; the update only touches rows locked first), move those still at the batch's
-        # start, and queue the NOTIFY that tells waiting writers (delivered only if the batch commits).
-        self._fence_sql = text(
-            "WITH locked AS MATERIALIZED ("
-            f"SELECT partition FROM {offsets} WHERE projection = :projection AND topic = :topic "
-            "AND partition = ANY(:partitions) ORDER BY partition FOR UPDATE), "
-            f"moved AS (UPDATE {offsets} AS o SET next_offset = v.next_offset "
-            "FROM unnest(:partitions, :starts, :ends) AS v(partition, start, next_offset) "
-            "WHERE o.projection = :projection AND o.topic = :topic AND o.partition = v.partition "
-            "AND o.next_offset = v.start AND o.partition IN (SELECT partition FROM locked) "
-            "RETURNING o.partition), "
-            "told AS (SELECT count(pg_notify(:channel, payload)) AS sent FROM unnest(:payloads) AS payload) "
-            "SELECT moved.partition FROM moved, told"
-        ).bindparams(
-            bindparam("partitions", type_=postgresql.ARRAY(Integer)),
-            bindparam("starts", type_=postgresql.ARRAY(BigInteger)),
-            bindparam("ends", type_=postgresql.ARRAY(BigInteger)),
-            bindparam("payloads", type_=postgresql.ARRAY(Text)),
+        # Masked out of every message, whatever a driver's error quotes.
+        self._secrets = (self._engine.url.password,)
+        self._writer = BatchWriter(
+            topic=topic, projection=projection, schema=schema, max_trace_content=max_trace_content
         )
-        # Stored, or stored and deleted since: either way, seen.
-        self._dedupe_sql = writes.projected_seqs_sql(schema)
         # Where each owned partition's stored offset stands, as this projector last read or wrote it.
         self._positions: dict[TopicPartition, int] = {}
         # Held while a batch is applied, so a revocation waits for the batch to commit or roll back.
         self._applying = asyncio.Lock()
         self._consumer: AIOKafkaConsumer | None = None
         self._dead_letters: AIOKafkaProducer | None = None
+        # Set once the projector is told to stop (or cancelled): every retry loop ends on it.
+        self._halt = asyncio.Event()
         self.projected = 0
         self.dead = 0
         self.stale_batches = 0
         # Committed batches and the seconds spent applying them (decode, write, commit).
         self.batches = 0
         self.batch_seconds = 0.0
-        self._batch_projected = 0
-        self._batch_dead = 0
-        self._first_dead: str | None = None
 
     @property
     def assignment(self) -> set[TopicPartition]:
@@ -166,6 +113,28 @@ class Projector:
         async with self._engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
 
+    async def check_read_tables(self) -> None:
+        """Raise `SchemaOutdatedError`, naming the command that fixes it, unless the tables are at head."""
+        async with self._engine.connect() as connection:
+            revision = await migrate.current_revision(connection, schema=self._schema)
+        head = migrate.head_revision()
+        if revision == head:
+            return
+        shown = mask_secrets(self._database_url, *self._secrets)
+        where = f"{shown} (schema {self._schema or 'public'})"
+        if revision is not None and not migrate.is_known_revision(revision):
+            raise SchemaOutdatedError(
+                f"the read tables at {where} are at revision {revision}, which this runevents does not "
+                f"know (it needs {head}): upgrade runevents, or point it at another database"
+            )
+        upgrade = f"runevents db upgrade {shlex.quote(shown)}"
+        if self._schema is not None:
+            upgrade += f" --schema {self._schema}"
+        raise SchemaOutdatedError(
+            f"the read tables at {where} are at revision {revision or 'none'}; this runevents needs "
+            f"{head}: run: {upgrade}"
+        )
+
     def progress(self) -> dict[int, tuple[int, int | None]]:
         """Per owned partition: the stored next offset, and the end of the log as last fetched (or None)."""
         consumer = self._consumer
@@ -176,17 +145,23 @@ class Projector:
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Project until `stop` is set (or the task is cancelled), then leave cleanly."""
-        stop = stop or asyncio.Event()
+        halt = self._halt = asyncio.Event()
+        # The retry loops (the rebalance listener's among them, which runs in the Kafka client's own
+        # task) wait on `halt`: set by `stop`, and by leaving here for any reason, cancellation included.
+        relay = asyncio.ensure_future((stop or asyncio.Event()).wait())
+        relay.add_done_callback(lambda _: halt.set())
         try:
             await self._start()
         except BaseException:
+            halt.set()
+            relay.cancel()
             await self._close()  # what did start (the dead-letter producer, say) is not left open
             raise
         consumer = self._consumer
         assert consumer is not None
         pruned = time.monotonic()
         try:
-            while not stop.is_set():
+            while not halt.is_set():
                 batch = await consumer.getmany(timeout_ms=100, max_records=self._max_batch)
                 if batch:
                     try:
@@ -195,29 +170,41 @@ class Projector:
                     except DATABASE_ERRORS as exc:
                         # Rolled back: nothing of the batch is stored, so it is read again from the
                         # stored offsets once the database answers (a restart, a killed connection).
-                        await self._recover(exc, stop)
+                        await self._recover(exc)
                 if time.monotonic() - pruned > PRUNE_EVERY_S:
                     await self._prune()
                     pruned = time.monotonic()
         finally:
+            halt.set()
+            relay.cancel()
             await self._close()
 
-    async def _recover(self, error: BaseException, stop: asyncio.Event) -> None:
+    async def _recover(self, error: BaseException) -> None:
         """After a failed batch, seek back to the stored offsets, retrying until the database answers."""
-        delay = RETRY_FIRST_S
-        while not stop.is_set():
-            log.warning(
-                "a batch failed and was rolled back (%s); reading again from the stored offsets", error
-            )
-            await asyncio.sleep(delay)
-            try:
-                async with self._applying:
-                    await self._seek_to_stored(sorted(self._positions, key=lambda tp: tp.partition))
-                return
-            except DATABASE_ERRORS as exc:
-                error, delay = exc, min(delay * 2, RETRY_MAX_S)
+        log.warning(
+            "a batch failed and was rolled back (%s); reading again from the stored offsets",
+            one_line(error, *self._secrets),
+        )
+        if await pause(self._halt, RETRY_FIRST_S):
+            return
+
+        async def seek_back() -> None:
+            async with self._applying:
+                await self._seek_to_stored(sorted(self._positions, key=lambda tp: tp.partition))
+
+        await retry_until_stopped(
+            seek_back,
+            self._halt,
+            doing="reading the stored offsets again",
+            errors=DATABASE_ERRORS,
+            log=log,
+            secrets=self._secrets,
+        )
 
     async def _start(self) -> None:
+        # Before any client starts: tables never migrated (or a wrong schema) are a setting to fix, and
+        # a projector that joined the group would take partitions from healthy ones and apply nothing.
+        await self.check_read_tables()
         options: dict[str, Any] = {
             "bootstrap_servers": self._bootstrap_servers,
             "enable_auto_commit": False,
@@ -231,22 +218,40 @@ class Projector:
             **self._client_options,
             **self._consumer_options,
         }
-        self._dead_letters = AIOKafkaProducer(
-            bootstrap_servers=self._bootstrap_servers, acks="all", **self._client_options
-        )
-        await self._dead_letters.start()
         if self._partitions is None:
+            # Started, it has not joined the group yet: that takes the subscription below.
             consumer = AIOKafkaConsumer(group_id=self._group_id, **options)
             self._consumer = consumer
             await consumer.start()
-            consumer.subscribe([self.topic], listener=_Rebalance(self))
         else:
             consumer = AIOKafkaConsumer(**options)
             self._consumer = consumer
             await consumer.start()
+            await self._check_partitions(consumer, self._partitions)
+        self._dead_letters = AIOKafkaProducer(
+            bootstrap_servers=self._bootstrap_servers, acks="all", **self._client_options
+        )
+        await self._dead_letters.start()
+        self._writer.dead_letters = self._dead_letters
+        if self._partitions is None:
+            consumer.subscribe([self.topic], listener=_Rebalance(self))
+        else:
             owned = [TopicPartition(self.topic, partition) for partition in self._partitions]
             consumer.assign(owned)
             await self._seek_to_stored(owned)
+
+    async def _check_partitions(self, consumer: AIOKafkaConsumer, wanted: Sequence[int]) -> None:
+        """Raise unless the topic exists and has every partition of `wanted` (else it would idle)."""
+        await consumer.topics()  # the cluster's metadata; asking for all topics creates none
+        found = consumer.partitions_for_topic(self.topic)
+        if not found:
+            raise TopicMissingError(f"topic {self.topic!r} does not exist at {self._bootstrap_servers}")
+        beyond = sorted(set(wanted) - found)
+        if beyond:
+            raise PartitionsError(
+                f"topic {self.topic!r} has partitions 0-{max(found)} ({len(found)}); "
+                f"there is no partition {', '.join(map(str, beyond))}"
+            )
 
     async def _prune(self) -> None:
         """Drop op results and tombstones old enough that no writer waits on them and no retry comes."""
@@ -312,8 +317,7 @@ class Projector:
 
     async def _apply(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
         """Apply one fetched batch in one transaction; on a stale offset, roll back and seek again."""
-        # (partition, its records not yet applied, where it starts, where it ends), in partition order.
-        owned: list[tuple[TopicPartition, list[ConsumerRecord], int, int]] = []
+        owned: Owned = []  # in partition order
         assert self._consumer is not None
         unplaced = [tp for tp in batch if tp not in self._positions and tp in self._consumer.assignment()]
         if unplaced:
@@ -329,19 +333,11 @@ class Projector:
                 owned.append((tp, fresh, start, fresh[-1].offset + 1))
         if not owned:
             return
-        # Counted into `projected` and `dead` only once the batch commits.
-        self._batch_projected = self._batch_dead = 0
-        self._first_dead = None
+        writer = self._writer
         started = time.perf_counter()
         try:
             async with self._engine.begin() as connection:
-                await self._fence(connection, owned)
-                # Partitions hold disjoint threads, so their puts go in together (one COPY); an op is
-                # applied after everything before it in its partition, which is all log order asks.
-                puts: list[PreparedEvent] = []
-                for tp, records, _, _ in owned:
-                    await self._apply_partition(connection, tp, records, puts)
-                await self._insert_puts(connection, puts)
+                await writer.write(connection, owned)
         except StaleBatchError as exc:
             self.stale_batches += 1
             log.warning("%s; rolled the batch back and seeking to the stored offsets", exc)
@@ -350,162 +346,22 @@ class Projector:
         for tp, _, _, end in owned:
             if tp in self._positions:
                 self._positions[tp] = end
-        self.projected += self._batch_projected
-        self.dead += self._batch_dead
+        # Counted only now that the batch has committed.
+        self.projected += writer.projected
+        self.dead += writer.dead
         elapsed = time.perf_counter() - started
         self.batches += 1
         self.batch_seconds += elapsed
         size = sum(len(records) for _, records, _, _ in owned)
-        metrics.observe_batch(
-            self.topic, self.projection, size, elapsed, self._batch_projected, self._batch_dead
-        )
+        metrics.observe_batch(self.topic, self.projection, size, elapsed, writer.projected, writer.dead)
         log.debug("applied %d records of %d partitions in %.1f ms", size, len(owned), elapsed * 1000)
-        if self._batch_dead:
+        if writer.dead:
             # One line a batch, not one a record: a burst of garbage must not flood the log.
             log.warning(
                 "%d records of this batch went to the dead letters (the first at %s)",
-                self._batch_dead,
-                self._first_dead,
+                writer.dead,
+                writer.first_dead,
             )
-
-    async def _fence(
-        self, connection: AsyncConnection, owned: list[tuple[TopicPartition, list[ConsumerRecord], int, int]]
-    ) -> None:
-        """Move every partition's stored offset from its start to its end, or raise if one has moved."""
-        partitions = [tp.partition for tp, _, _, _ in owned]
-        reached = [(tp.partition, end) for tp, _, _, end in owned]
-        # Through SQLAlchemy, as the transaction's first statement: its asyncpg adapter issues BEGIN
-        # only then, and what ran on the raw connection before it would commit on its own.
-        moved = await connection.execute(
-            self._fence_sql,
-            {
-                "projection": self.projection,
-                "topic": self.topic,
-                "partitions": partitions,
-                "starts": [start for _, _, start, _ in owned],
-                "ends": [end for _, _, _, end in owned],
-                "channel": NOTIFY_CHANNEL,
-                "payloads": notifications(self._schema, self.projection, self.topic, reached),
-            },
-        )
-        fenced = {row[0] for row in moved}
-        if len(fenced) != len(owned):
-            stale = sorted(set(partitions) - fenced)
-            starts = {tp.partition: start for tp, _, start, _ in owned}
-            raise StaleBatchError(
-                f"partition {stale[0]} of {self.topic!r} is no longer at offset {starts[stale[0]]} "
-                f"in projection {self.projection!r}"
-            )
-
-    async def _apply_partition(
-        self,
-        connection: AsyncConnection,
-        tp: TopicPartition,
-        records: list[ConsumerRecord],
-        puts: list[PreparedEvent],
-    ) -> None:
-        """Decode a partition's records: puts join `puts`; ops and dead letters are applied in order."""
-        for record in records:
-            try:
-                decoded = decode_record(record.value, max_trace_content=self._max_trace_content)
-                thread_id = (decoded[1] if isinstance(decoded, tuple) else decoded).thread_id
-                if record.key != thread_id.encode():
-                    # Keyed otherwise, a thread's records could sit in two partitions, numbered twice.
-                    raise UndecodableRecordError(
-                        f"the record's key {record.key!r} is not its thread id {thread_id!r}"
-                    )
-            except UndecodableRecordError as exc:
-                await self._dead_letter(connection, tp, record, exc.reason)
-                continue
-            if isinstance(decoded, PreparedEvent):
-                puts.append(decoded)
-                continue
-            # Everything before an op is applied before it: log order is the order of effects.
-            await self._insert_puts(connection, puts)
-            puts.clear()
-            await self._apply_op(connection, decoded)
-
-    async def _insert_puts(self, connection: AsyncConnection, puts: list[PreparedEvent]) -> None:
-        if not puts:
-            return
-        raw: Any = (await connection.get_raw_connection()).driver_connection
-        stored = await raw.fetch(
-            self._dedupe_sql, [event.thread_id for event in puts], [event.event_id for event in puts]
-        )
-        seen = {row[0] for row in stored}
-        fresh = []
-        for event in puts:
-            if event.event_id not in seen:  # a producer's retry, or a backfill run twice
-                seen.add(event.event_id)
-                fresh.append(event)
-        if fresh:
-            await writes.insert_events_postgresql(raw, fresh, self._schema, records=False)
-            self._batch_projected += len(fresh)
-
-    async def _apply_op(
-        self,
-        connection: AsyncConnection,
-        op: DeleteThreadEnvelope | DeleteRunEnvelope | tuple[str, PreparedEvent],
-    ) -> None:
-        event_id = op[1].event_id if isinstance(op, tuple) else op.event_id
-        thread_id = op[1].thread_id if isinstance(op, tuple) else op.thread_id
-        done = await connection.execute(
-            select(op_results.c.op).where(
-                op_results.c.thread_id == thread_id, op_results.c.event_id == event_id
-            )
-        )
-        if done.first() is not None:
-            return  # applied before: a retried op must not run twice
-        result: dict[str, Any] = {"thread_id": thread_id, "event_id": event_id}
-        if isinstance(op, tuple):
-            _, event = op
-            record, created = await writes.put_if_absent(connection, event, self._schema)
-            result |= {"op": PUT_IF_ABSENT, "seq": record["seq"], "created": created}
-            self._batch_projected += created
-        elif isinstance(op, DeleteRunEnvelope):
-            removed = await writes.delete_run(connection, op.thread_id, op.run_id, tombstones=True)
-            result |= {"op": op.op, "removed": removed}
-        else:
-            removed = await writes.delete_thread(connection, op.thread_id, tombstones=True)
-            result |= {"op": op.op, "removed": removed}
-        await connection.execute(op_results.insert().values(**result, applied_at=datetime.now(UTC)))
-
-    async def _dead_letter(
-        self, connection: AsyncConnection, tp: TopicPartition, record: ConsumerRecord, reason: str
-    ) -> None:
-        """Send the record to the dead-letter topic and table with `reason`; the partition goes on."""
-        headers = [(name, value) for name, value in record.headers or ()]
-        assert self._dead_letters is not None
-        await self._dead_letters.send_and_wait(
-            dead_letter_topic(self.topic),
-            value=record.value,
-            key=record.key,
-            headers=[
-                *headers,
-                ("runevents-dead-reason", reason.encode()),
-                ("runevents-source", f"{tp.topic}/{tp.partition}/{record.offset}".encode()),
-            ],
-        )
-        await connection.execute(
-            postgresql.insert(dead_letters)
-            .values(
-                projection=self.projection,
-                topic=tp.topic,
-                partition=tp.partition,
-                offset=record.offset,
-                key=record.key,
-                value=record.value,
-                headers=orjson.dumps(
-                    [[name, bytes(value).decode("utf-8", "replace")] for name, value in headers]
-                ).decode(),
-                reason=reason,
-                dead_at=datetime.now(UTC),
-            )
-            .on_conflict_do_nothing()
-        )
-        self._batch_dead += 1
-        if self._first_dead is None:
-            self._first_dead = f"{tp.topic}/{tp.partition}/{record.offset}: {reason}"
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -520,13 +376,14 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         # aiokafka only logs a listener's failure: a partition that never got its stored offset
-        # would then be skipped for good. Keep trying until the database answers.
-        delay = RETRY_FIRST_S
-        while True:
-            try:
-                await self._projector._seek_to_stored(list(assigned))
-                return
-            except DATABASE_ERRORS as exc:
-                log.warning("reading the stored offsets of new partitions failed (%s); trying again", exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX_S)
+        # would then be skipped for good. Keep trying until the database answers, or until told to
+        # stop: the consumer's stop() waits for this listener, so a loop deaf to it never ends.
+        projector = self._projector
+        await retry_until_stopped(
+            lambda: projector._seek_to_stored(list(assigned)),
+            projector._halt,
+            doing="reading the stored offsets of new partitions",
+            errors=DATABASE_ERRORS,
+            log=log,
+            secrets=projector._secrets,
+        )

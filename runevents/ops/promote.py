@@ -33,7 +33,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from runevents.consumer.projector import DEFAULT_PROJECTION
 from runevents.errors import RunEventsError
-from runevents.ops.replay import check_name, stored_offsets
+from runevents.names import check_identifier, check_topic
+from runevents.ops.replay import stored_offsets
 from runevents.store import migrate
 from runevents.store.schema import (
     dead_letters,
@@ -124,6 +125,7 @@ async def serving_now(connection: AsyncConnection, serving: str) -> Promotion | 
 
 async def history(database_url: str, serving: str = DEFAULT_SERVING) -> list[Promotion]:
     """Every promotion in the `serving` schema, oldest first."""
+    check_identifier("serving schema", serving)
     engine = engine_for(database_url)
     try:
         async with engine.connect() as connection:
@@ -168,10 +170,10 @@ async def promote(
     client_options: Mapping[str, Any] | None = None,
 ) -> Promotion:
     """Point every view of the `serving` schema at `projection`'s tables, in one transaction."""
-    schema = projection_schema(projection, schema)
-    check_name("projection", projection)
-    check_name("schema", schema)
-    check_name("serving schema", serving)
+    check_identifier("projection", projection)
+    schema = check_identifier("schema", projection_schema(projection, schema))
+    check_identifier("serving schema", serving)
+    check_topic(topic)
     if serving == schema:
         raise PromoteError(f"the serving schema {serving!r} cannot be the projection's own schema")
     engine = engine_for(database_url)
@@ -254,9 +256,9 @@ async def drop(
     database_url: str, projection: str, *, schema: str | None = None, serving: str = DEFAULT_SERVING
 ) -> None:
     """Drop a projection that is not served: its schema and everything in it."""
-    schema = projection_schema(projection, schema)
-    check_name("projection", projection)
-    check_name("schema", schema)
+    check_identifier("projection", projection)
+    schema = check_identifier("schema", projection_schema(projection, schema))
+    check_identifier("serving schema", serving)
     if schema == "public":
         raise PromoteError(
             "the projection's tables are in schema 'public', which holds more than them: drop them by hand"

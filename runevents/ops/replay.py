@@ -10,7 +10,6 @@ offset 0: tables built from part of the history would look complete and not be.
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -20,13 +19,12 @@ from sqlalchemy import select
 
 from runevents.consumer.projector import DEFAULT_PROJECTION, Projector
 from runevents.errors import RunEventsError
+from runevents.names import check_identifier, check_topic
 from runevents.store.migrate import upgrade_async
 from runevents.store.schema import projection_offsets
 from runevents.store.sql import engine_for
 from runevents.topic import DEFAULT_TOPIC, TopicMissingError, log_offsets
 
-# A projection's name is also the default name of its PostgreSQL schema: a plain identifier.
-NAME: Final = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 TICK_S: Final = 0.25
 
 # Per partition: the replay's next offset, and the end of the log as last fetched (None: not yet known).
@@ -35,14 +33,6 @@ Progress = dict[int, tuple[int, int | None]]
 
 class ReplayError(RunEventsError):
     """A replay that cannot start or go on; the message says why."""
-
-
-def check_name(kind: str, name: str) -> None:
-    """Raise `ReplayError` unless `name` is a plain lower-case identifier of at most 63 characters."""
-    if not NAME.fullmatch(name):
-        raise ReplayError(
-            f"{kind} {name!r} must be a lower-case identifier (letters, digits, _; at most 63 characters)"
-        )
 
 
 def missing_history(earliest: Mapping[int, int]) -> str | None:
@@ -114,9 +104,10 @@ async def replay(
     client_options: Mapping[str, Any] | None = None,
 ) -> Replayed:
     """Project the whole topic into `projection` (schema: its name) until caught up or stopped."""
-    schema = schema or projection
-    check_name("projection", projection)
-    check_name("schema", schema)
+    # Names first (a projection's name is its schema's default name): a refused one creates nothing.
+    check_identifier("projection", projection)
+    schema = check_identifier("schema", schema or projection)
+    check_topic(topic)
     if projection == DEFAULT_PROJECTION:
         raise ReplayError(f"{DEFAULT_PROJECTION!r} is the live projection's name; replay into a new one")
     try:

@@ -73,6 +73,11 @@ def _known_revisions() -> frozenset[str]:
     return frozenset(script.revision for script in _scripts().walk_revisions())
 
 
+def is_known_revision(revision: str) -> bool:
+    """Whether every head of `revision` (heads joined by commas) is one of this runevents' revisions."""
+    return all(head in _known_revisions() for head in revision.split(","))
+
+
 def _current_heads(connection: Connection, schema: str | None) -> tuple[str, ...]:
     context = MigrationContext.configure(connection, opts={"version_table_schema": schema})
     return context.get_current_heads()

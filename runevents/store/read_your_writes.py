@@ -19,16 +19,24 @@ from typing import Any, Final
 
 import asyncpg
 from sqlalchemy import MetaData, Table
+from sqlalchemy.engine import make_url
 
-from runevents.consumer.projector import NOTIFY_CHANNEL
+from runevents.consumer.batch import NOTIFY_CHANNEL
 from runevents.errors import RunEventsError
 from runevents.metrics import READ_YOUR_WRITES_WAIT
+from runevents.names import check_identifier, check_topic
+from runevents.retrying import RETRY_MAX_S, one_line, pause
 from runevents.store import writes
 from runevents.store.schema import projection_offsets
 
 log = logging.getLogger(__name__)
 
 DEFAULT_POLL_INTERVAL_S: Final = 0.5
+# Each connect and query: a database that does not answer (unreachable, not refusing) must not
+# hold the poller, a resync or a close for the minutes the operating system would wait.
+DATABASE_TIMEOUT_S: Final = 10.0
+# Closing a connection sends Terminate and waits for the server to hang up: not for long.
+CLOSE_TIMEOUT_S: Final = 1.0
 
 
 def _schema_name(schema: str | None) -> str:
@@ -53,9 +61,10 @@ class ProjectionWatcher:
         poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
     ) -> None:
         self._dsn = writes.libpq_dsn(database_url)
-        self._projection = projection
-        self._topic = topic
-        self._schema = schema
+        self._projection = check_identifier("projection", projection)
+        self._topic = check_topic(topic)
+        self._schema = None if schema is None else check_identifier("schema", schema)
+        self._secrets = (make_url(database_url).password,)
         self._poll_interval_s = poll_interval_s
         # Whose notifications count, as (schema, projection); in a serving schema, learned by polling.
         self._following: tuple[str, str] | None = (_schema_name(schema), projection)
@@ -71,6 +80,8 @@ class ProjectionWatcher:
         self._poller: asyncio.Task[None] | None = None
         self._starting = asyncio.Lock()
         self._poke = asyncio.Event()
+        # Set by close(): the poller ends on it, its waits cut short.
+        self._closing = asyncio.Event()
 
     async def start(self) -> None:
         """Listen for the projector's notifications and start polling (once; later calls return)."""
@@ -80,9 +91,12 @@ class ProjectionWatcher:
             await self._listen()
             assert self._listener is not None
             if self._schema is not None and await self._listener.fetchval(
-                "SELECT to_regclass(format('%I.promotions', $1::text)) IS NOT NULL", self._schema
+                "SELECT to_regclass(format('%I.promotions', $1::text)) IS NOT NULL",
+                self._schema,
+                timeout=DATABASE_TIMEOUT_S,
             ):
                 self._follow_serving()
+            self._closing.clear()  # started again after a close
             self._poller = asyncio.create_task(self._poll())
 
     def _follow_serving(self) -> None:
@@ -105,16 +119,24 @@ class ProjectionWatcher:
 
     async def resync(self, generation: int) -> bool:
         """Poll now; return whether the projection followed has changed since `generation`."""
-        connection = await asyncpg.connect(self._dsn)
+        connection = await self._connect()
         try:
             self._apply(await self._fetch_offsets(connection))
         finally:
-            await connection.close()
+            await _close(connection)
         return self._generation != generation
+
+    async def _connect(self) -> asyncpg.Connection:
+        connection: asyncpg.Connection = await asyncpg.connect(self._dsn, timeout=DATABASE_TIMEOUT_S)
+        return connection
 
     async def _fetch_offsets(self, connection: asyncpg.Connection) -> list[Any]:
         rows: list[Any] = await connection.fetch(
-            self._poll_sql, self._projection, self._topic, self._schema or "public"
+            self._poll_sql,
+            self._projection,
+            self._topic,
+            self._schema or "public",
+            timeout=DATABASE_TIMEOUT_S,
         )
         return rows
 
@@ -132,20 +154,20 @@ class ProjectionWatcher:
 
     async def _listen(self) -> None:
         """(Re)open the LISTEN connection."""
-        self._listener = await asyncpg.connect(self._dsn)
+        self._listener = await self._connect()
         await self._listener.add_listener(NOTIFY_CHANNEL, self._notified)
 
     async def close(self) -> None:
         """Stop listening and polling; anyone still waiting gets a `ProjectionTimeout`-free cancel."""
+        self._closing.set()
         if self._poller is not None:
+            # Cancelled, not only told: it may be inside a connect or a query that does not answer.
             self._poller.cancel()
-            # The poller never ends on its own; whatever it ended with, closing goes on.
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._poller
+            # Whatever it ended with, closing goes on (its own close of its connection is bounded).
+            await asyncio.wait((self._poller,), timeout=CLOSE_TIMEOUT_S + 1)
             self._poller = None
         if self._listener is not None:
-            with contextlib.suppress(Exception):
-                await self._listener.close()
+            await _close(self._listener)
             self._listener = None
         for waiting in self._waiters.values():
             for _, future in waiting:
@@ -208,29 +230,47 @@ class ProjectionWatcher:
 
     async def _poll(self) -> None:
         connection: asyncpg.Connection | None = None
+        # After a failure, the next poll waits longer (up to RETRY_MAX_S): one line a try, not a flood.
+        backoff = 0.0
         try:
-            while True:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._poll_interval_s):
-                        await self._poke.wait()
+            while not self._closing.is_set():
+                if backoff:
+                    if await pause(self._closing, backoff):
+                        break
+                else:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self._poll_interval_s):
+                            await self._poke.wait()
                 self._poke.clear()
-                if not any(self._waiters.values()):
+                if self._closing.is_set() or not any(self._waiters.values()):
                     continue
                 try:
                     if self._listener is None or self._listener.is_closed():
                         # The server ended it (a restart, a killed backend): notifications resume.
                         await self._listen()
                     if connection is None or connection.is_closed():
-                        connection = await asyncpg.connect(self._dsn)
+                        connection = await self._connect()
                     self._apply(await self._fetch_offsets(connection))
+                    backoff = 0.0
                 # Any failure, asyncpg's InternalClientError included: the poller is the waiters'
                 # fallback and must outlive whatever the database does.
                 except Exception as exc:
-                    log.warning("polling the projection's offsets failed (%s); trying again", exc)
+                    backoff = min(max(backoff * 2, self._poll_interval_s), RETRY_MAX_S)
+                    log.warning(
+                        "polling the projection's offsets failed (%s); trying again in %g s",
+                        one_line(exc, *self._secrets),
+                        backoff,
+                    )
                     if connection is not None:
                         connection.terminate()
                     connection = None
         finally:
             if connection is not None:
-                with contextlib.suppress(Exception):
-                    await connection.close()
+                await _close(connection)
+
+
+async def _close(connection: asyncpg.Connection) -> None:
+    """Close `connection`, politely if the server answers within CLOSE_TIMEOUT_S, else by dropping it."""
+    # asyncpg aborts the connection itself when the polite close fails or times out.
+    with contextlib.suppress(Exception):
+        await connection.close(timeout=CLOSE_TIMEOUT_S)

@@ -139,7 +139,7 @@ async def test_promote_refuses_a_projection_behind_the_log_or_missing_and_names_
             ("main", "--serving", "public"),
             "the serving schema 'public' cannot be the projection's own schema",
         ),
-        (("Bad-Name",), "projection 'Bad-Name' must be a lower-case identifier"),
+        (("Bad-Name",), "projection name 'Bad-Name' must be a lower-case identifier"),
         (
             ("main", "--topic", "no-such-topic"),
             "projection 'main' has applied nothing of topic 'no-such-topic'",

@@ -122,7 +122,7 @@ def test_a_log_that_lost_its_start_is_named_with_how_much_is_gone():
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        (["--projection", "Bad-Name"], "projection 'Bad-Name' must be a lower-case identifier"),
+        (["--projection", "Bad-Name"], "projection name 'Bad-Name' must be a lower-case identifier"),
         (["--projection", "main"], "'main' is the live projection's name"),
         (["--projection", "fine", "--topic", "no-such-topic"], "topic 'no-such-topic' does not exist"),
     ],
