@@ -42,8 +42,8 @@ async def create_topic(
     """Create `topic` (kept forever: retention -1) unless it exists; return whether it was created."""
     check_topic(topic)  # before any client: a refused name leaves nothing made
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **(client_options or {}))
-    await admin.start()
     try:
+        await admin.start()  # in the try: a start that fails (no broker) is closed too, not leaked
         # The log is the source of truth: replay and backfill need every record ever written.
         configs = {"retention.ms": "-1", "max.message.bytes": str(max_message_bytes)}
         new = NewTopic(topic, partitions, replication_factor, topic_configs=configs)
@@ -66,11 +66,12 @@ async def max_message_bytes(
 ) -> int:
     """The topic's `max.message.bytes`, or Kafka's default when the broker does not say."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **(client_options or {}))
-    await admin.start()
     try:
-        responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
-    except KafkaError:
-        return DEFAULT_MAX_MESSAGE_BYTES
+        await admin.start()  # an unreachable broker raises; only a broker that will not say means the default
+        try:
+            responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+        except KafkaError:
+            return DEFAULT_MAX_MESSAGE_BYTES
     finally:
         await admin.close()
     for response in responses:

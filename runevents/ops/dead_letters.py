@@ -176,9 +176,9 @@ async def retry_dead_letters(
                         "value (--value-file), fix the projector first, or --force"
                     )
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", **(client_options or {}))
-        await producer.start()
         retried = []
         try:
+            await producer.start()  # in the try: a start that fails (no broker) is stopped too
             for letter in letters:
                 sent = await producer.send_and_wait(
                     letter.topic,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,6 +13,7 @@ from typer.testing import CliRunner, Result
 
 from runevents.cli import app
 from runevents.consumer import Projector
+from runevents.devstack.postgres import free_port
 from runevents.events import encode_put, prepare_event
 from tests.bus.conftest import running
 from tests.bus.test_projector import event, eventually, fetch
@@ -121,3 +124,31 @@ async def test_dead_letter_commands_refuse_bad_arguments_in_one_line(bus_db: str
     assert unreachable.output.startswith("error: ")
     assert len(unreachable.output.strip().splitlines()) == 1
     assert "s3cret" not in unreachable.output
+
+
+async def test_a_retry_whose_brokers_do_not_answer_fails_in_one_line_and_leaves_the_letter_open(
+    kafka_bootstrap: str, bus_db: str, topic: str, make_projector: Callable[..., Projector]
+):
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, value=b"not json either", key=b"t1")
+    finally:
+        await producer.stop()
+    async with running(make_projector()):
+        await eventually(bus_db, "SELECT count(*) FROM dead_letters", 1)
+    (letter,) = await fetch(bus_db, "SELECT id FROM dead_letters")
+    closed = f"127.0.0.1:{free_port()}"
+    command = [sys.executable, "-m", "runevents.cli", "dead-letters", "retry", str(letter["id"]), "--force"]
+    failed = await asyncio.to_thread(
+        subprocess.run,
+        [*command, "--database", bus_db, "--kafka", closed],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert failed.returncode == 1
+    assert failed.stderr.startswith("error: "), failed.stderr
+    assert len(failed.stderr.strip().splitlines()) == 1, failed.stderr
+    assert "Unclosed" not in failed.stderr  # the producer whose start failed is stopped too
+    assert (await fetch(bus_db, "SELECT status FROM dead_letters"))[0][0] == "open"
