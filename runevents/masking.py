@@ -18,9 +18,7 @@ MASK: Final = "***"
 # Query or key-value parameters whose values are secrets, plain or percent-encoded (`password%3D`).
 _SECRET_KEYS: Final = r"(?:ssl)?password|passwd|pwd|secret|token|api[_-]?key|sasl[_.]?password"
 # A value already masked (a secret passed by name) is left alone, with what follows it.
-_PARAMETER: Final = re.compile(
-    rf"(?i)(\b(?:{_SECRET_KEYS})\s*=\s*)(?!\*\*\*(?:[)\],;&\s'\"]|$))([^&\s'\"]+)"
-)
+_PARAMETER: Final = re.compile(rf"(?i)(\b(?:{_SECRET_KEYS})\s*=\s*)(?!\*\*\*(?:[)\],;&\s'\"]|$))([^&\s'\"]+)")
 _ENCODED_PARAMETER: Final = re.compile(
     rf"(?i)((?:^|[^a-z0-9%]|%3F|%26|%20)(?:{_SECRET_KEYS})%3D)((?:(?!%26)[^&\s'\"])+)"
 )

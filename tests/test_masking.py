@@ -63,7 +63,10 @@ def test_a_value_already_masked_keeps_what_follows_it():
 def test_error_line_is_one_masked_line_with_addresses_not_tuples():
     error = OSError(f"Connect call failed ('10.0.0.7', 5432) for {DATABASE}\nsecond line")
     line = error_line(error)
-    assert line == f"OSError: Connect call failed 10.0.0.7:5432 for postgresql://carol:{MASK}@db.internal:5432/events"
+    assert (
+        line
+        == f"OSError: Connect call failed 10.0.0.7:5432 for postgresql://carol:{MASK}@db.internal:5432/events"
+    )
     ipv6 = error_line(OSError("Connect call failed ('::1', 9092, 0, 0)"), named=False)
     assert ipv6 == "Connect call failed [::1]:9092"
     kafka = error_line(OSError("Unable connect to ('127.0.0.1', 9092, <AddressFamily.AF_INET: 2>)"))
