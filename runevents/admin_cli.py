@@ -270,28 +270,31 @@ async def _project(settings: Settings, owned: list[int] | None, session_timeout_
         },
         client_options=settings.kafka_options(),
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    # Once, before anything starts: a wrong password or an unreachable server is a setting to fix, not
-    # an outage to ride out (later, the projector retries with backoff instead).
     try:
-        async with asyncio.timeout(STARTUP_CHECK_S):
-            await projector.check_database()
-    except (TimeoutError, OSError, *DATABASE_ERRORS) as error:
-        if isinstance(error, TimeoutError):
-            reason = f"no answer within {STARTUP_CHECK_S:g} s"
-        else:
-            reason = error_line(error)
-        where = settings.shown_database()
-        raise ProjectorStartError(f"the database {where} refused or did not answer: {reason}") from None
-    async with contextlib.AsyncExitStack() as serving:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        # Once, before anything starts: a wrong password or an unreachable server is a setting to fix, not
+        # an outage to ride out (later, the projector retries with backoff instead).
         try:
-            await serving.enter_async_context(
-                serve_metrics(projector, settings.metrics_host, settings.metrics_port)
-            )
-        except OSError as error:  # the port taken, or an address this host does not have
-            where = f"{settings.metrics_host}:{settings.metrics_port}"
-            raise ProjectorStartError(f"cannot serve metrics on {where}: {error_line(error)}") from None
-        await projector.run(stop)
+            async with asyncio.timeout(STARTUP_CHECK_S):
+                await projector.check_database()
+        except (TimeoutError, OSError, *DATABASE_ERRORS) as error:
+            if isinstance(error, TimeoutError):
+                reason = f"no answer within {STARTUP_CHECK_S:g} s"
+            else:
+                reason = error_line(error)
+            where = settings.shown_database()
+            raise ProjectorStartError(f"the database {where} refused or did not answer: {reason}") from None
+        async with contextlib.AsyncExitStack() as serving:
+            try:
+                await serving.enter_async_context(
+                    serve_metrics(projector, settings.metrics_host, settings.metrics_port)
+                )
+            except OSError as error:  # the port taken, or an address this host does not have
+                where = f"{settings.metrics_host}:{settings.metrics_port}"
+                raise ProjectorStartError(f"cannot serve metrics on {where}: {error_line(error)}") from None
+            await projector.run(stop)
+    finally:
+        await projector.close()  # also when it fails before run(): its pool is not left open

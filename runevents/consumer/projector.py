@@ -260,6 +260,10 @@ class Projector:
             await connection.execute(delete(op_results).where(op_results.c.applied_at < cutoff))
             await connection.execute(delete(deleted_events).where(deleted_events.c.deleted_at < cutoff))
 
+    async def close(self) -> None:
+        """Release the clients and the database pool the projector holds; run() does this as it ends."""
+        await self._close()
+
     async def _close(self) -> None:
         if self._consumer is not None:
             await self._consumer.stop()
