@@ -11,16 +11,40 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import TYPE_CHECKING, Final
+from typing import Final, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from runevents.consumer.projector import Projector
-
 log = logging.getLogger(__name__)
+
+
+class Projector(Protocol):
+    """What the metrics and health endpoints read of a projector: metrics never import the projector."""
+
+    @property
+    def topic(self) -> str:
+        """The topic it projects."""
+        ...
+
+    @property
+    def projection(self) -> str:
+        """The projection it writes."""
+        ...
+
+    @property
+    def assignment(self) -> object:
+        """The partitions it owns now (empty when it owns none)."""
+        ...
+
+    def progress(self) -> dict[int, tuple[int, int | None]]:
+        """Per owned partition: the stored next offset and the log's end as last fetched."""
+        ...
+
+    async def check_database(self) -> None:
+        """Raise unless its database answers."""
+        ...
 
 HEALTH_TIMEOUT_S: Final = 2.0
 _LABELS: Final = ("topic", "projection")

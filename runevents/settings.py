@@ -23,12 +23,11 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDic
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from runevents.consumer.projector import DEFAULT_PROJECTION
+from runevents.bus.names import DEFAULT_PROJECTION, DEFAULT_TOPIC
 from runevents.errors import RunEventsError, UnsupportedDatabaseError
 from runevents.masking import mask_secrets
 from runevents.names import InvalidNameError, check_identifier, check_topic
 from runevents.store.sql import check_database_url
-from runevents.topic import DEFAULT_TOPIC
 
 if TYPE_CHECKING:
     from runevents.store.bus import BusRunEventStore

@@ -11,14 +11,13 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
+from runevents.bus.names import DEAD_LETTER_SUFFIX, DEFAULT_TOPIC
 from runevents.errors import RunEventsError
 from runevents.names import check_topic
 
-DEFAULT_TOPIC: Final = "run-events"
 DEFAULT_PARTITIONS: Final = 12
 # Kafka's default message.max.bytes (1 MiB plus batch overhead): what a topic takes unless told otherwise.
 DEFAULT_MAX_MESSAGE_BYTES: Final = 1_048_588
-DEAD_LETTER_SUFFIX: Final = ".dead-letters"
 
 
 class TopicMissingError(RunEventsError):

@@ -101,7 +101,7 @@ def exposed_metric_names() -> set[str]:
     """The sample names the code's metrics produce (counters' _total, histograms' _bucket/_sum/_count)."""
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
     stub = SimpleNamespace(topic="t", projection="p", progress=dict)
-    families = [*REGISTRY.collect(), *LagCollector(stub).collect()]  # type: ignore[arg-type]
+    families = [*REGISTRY.collect(), *LagCollector(stub).collect()]
     return {
         family.name + suffix
         for family in families

@@ -18,6 +18,7 @@ from sqlalchemy import BigInteger, Integer, Text, bindparam, select, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from runevents.bus.names import NOTIFY_CHANNEL
 from runevents.events import (
     PUT_IF_ABSENT,
     DeleteRunEnvelope,
@@ -29,9 +30,6 @@ from runevents.events import (
 from runevents.store import writes
 from runevents.store.schema import dead_letters, op_results, projection_offsets
 from runevents.topic import dead_letter_topic
-
-# The channel the projector notifies on each commit; writers waiting for read-your-writes listen.
-NOTIFY_CHANNEL: Final = "runevents_projected"
 
 # One partition of a batch: (partition, its records not yet applied, where it starts, where it ends).
 Owned = list[tuple[TopicPartition, list[ConsumerRecord], int, int]]

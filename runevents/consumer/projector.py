@@ -27,6 +27,7 @@ from sqlalchemy import delete, select, text
 from sqlalchemy.dialects import postgresql
 
 from runevents import metrics
+from runevents.bus.names import DEFAULT_PROJECTION, DEFAULT_TOPIC
 from runevents.consumer.batch import BatchWriter, Owned, StaleBatchError
 from runevents.errors import RunEventsError, SchemaOutdatedError
 from runevents.masking import mask_secrets
@@ -36,11 +37,10 @@ from runevents.store import migrate
 from runevents.store.failures import DATABASE_ERRORS
 from runevents.store.schema import deleted_events, op_results, projection_offsets
 from runevents.store.sql import engine_for
-from runevents.topic import DEFAULT_TOPIC, TopicMissingError
+from runevents.topic import TopicMissingError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PROJECTION: Final = "main"
 # Op results and tombstones serve writers waiting on them and retries of the same record: minutes.
 RESULTS_KEPT_S: Final = 3600
 PRUNE_EVERY_S: Final = 60

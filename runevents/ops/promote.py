@@ -31,7 +31,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from runevents.consumer.projector import DEFAULT_PROJECTION
+from runevents.bus.names import DEFAULT_PROJECTION, DEFAULT_TOPIC
 from runevents.errors import RunEventsError
 from runevents.names import check_identifier, check_topic
 from runevents.ops.replay import stored_offsets
@@ -46,7 +46,7 @@ from runevents.store.schema import (
 )
 from runevents.store.sql import engine_for
 from runevents.store.writes import qualified
-from runevents.topic import DEFAULT_TOPIC, TopicMissingError, log_offsets
+from runevents.topic import TopicMissingError, log_offsets
 
 DEFAULT_SERVING: Final = "serving"
 DEFAULT_MAX_LAG: Final = 10_000

@@ -17,13 +17,14 @@ from typing import Any, Final
 
 from sqlalchemy import select
 
-from runevents.consumer.projector import DEFAULT_PROJECTION, Projector
+from runevents.bus.names import DEFAULT_PROJECTION, DEFAULT_TOPIC
+from runevents.consumer.projector import Projector
 from runevents.errors import RunEventsError
 from runevents.names import check_identifier, check_topic
 from runevents.store.migrate import upgrade_async
 from runevents.store.schema import projection_offsets
 from runevents.store.sql import engine_for
-from runevents.topic import DEFAULT_TOPIC, TopicMissingError, log_offsets
+from runevents.topic import TopicMissingError, log_offsets
 
 TICK_S: Final = 0.25
 

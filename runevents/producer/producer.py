@@ -20,6 +20,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, KafkaTimeoutError, UnknownError
 from aiokafka.partitioner import DefaultPartitioner
 
+from runevents.bus.names import DEFAULT_TOPIC
 from runevents.errors import InvalidEventError, RunEventsError
 from runevents.events import (
     DELETE_RUN,
@@ -33,7 +34,7 @@ from runevents.events import (
 )
 from runevents.masking import error_line
 from runevents.store.arguments import check_id
-from runevents.topic import DEFAULT_TOPIC, max_message_bytes
+from runevents.topic import max_message_bytes
 
 log = logging.getLogger(__name__)
 _SENDER_LOG: Final = logging.getLogger("aiokafka.producer.sender")

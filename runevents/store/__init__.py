@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+from runevents.bus.names import DEFAULT_PROJECTION, DEFAULT_TOPIC
 from runevents.errors import InvalidStoreUrlError
 from runevents.events import DEFAULT_MAX_TRACE_CONTENT
 from runevents.masking import mask_secrets
 from runevents.store.base import RunEventStore
 from runevents.store.jsonl import JsonlRunEventStore
 from runevents.store.memory import MemoryRunEventStore
-from runevents.topic import DEFAULT_TOPIC
 
 __all__ = ["JsonlRunEventStore", "MemoryRunEventStore", "RunEventStore", "open_store"]
 
@@ -50,7 +50,6 @@ def open_store(url: str) -> RunEventStore:
         )
     elif scheme == "kafka":
         # aiokafka loads only for the bus backend.
-        from runevents.consumer.projector import DEFAULT_PROJECTION
         from runevents.store.bus import BusRunEventStore
 
         database = options.pop("database", None)

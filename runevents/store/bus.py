@@ -19,7 +19,7 @@ from typing import Any, Final, TypeVar
 import asyncpg
 from sqlalchemy import select
 
-from runevents.consumer.projector import DEFAULT_PROJECTION
+from runevents.bus.names import DEFAULT_PROJECTION, DEFAULT_TOPIC
 from runevents.errors import RunEventsError
 from runevents.events import (
     DEFAULT_MAX_TRACE_CONTENT,
@@ -39,7 +39,6 @@ from runevents.store.query import RECORD_COLUMNS, ReadTablesStore
 from runevents.store.read_your_writes import DEFAULT_POLL_INTERVAL_S, ProjectionWatcher
 from runevents.store.schema import op_results, run_events
 from runevents.store.sql import engine_for
-from runevents.topic import DEFAULT_TOPIC
 
 DEFAULT_WAIT_S: Final = 30.0
 LOOKUP_CONNECTIONS: Final = 2

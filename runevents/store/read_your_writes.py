@@ -21,7 +21,7 @@ import asyncpg
 from sqlalchemy import MetaData, Table
 from sqlalchemy.engine import make_url
 
-from runevents.consumer.batch import NOTIFY_CHANNEL
+from runevents.bus.names import NOTIFY_CHANNEL
 from runevents.errors import RunEventsError
 from runevents.metrics import READ_YOUR_WRITES_WAIT
 from runevents.names import check_identifier, check_topic
