@@ -46,6 +46,7 @@ class Projector(Protocol):
         """Raise unless its database answers."""
         ...
 
+
 HEALTH_TIMEOUT_S: Final = 2.0
 _LABELS: Final = ("topic", "projection")
 
