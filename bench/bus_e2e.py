@@ -35,10 +35,10 @@ from aiokafka import AIOKafkaProducer
 from sqlalchemy.engine import URL
 
 from bench.sql_put import COLUMNS, libpq_dsn, load, make_event, postgres_server, scratch_database, table_row
+from runevents.bus.store import BusRunEventStore
+from runevents.bus.topic import create_topic
 from runevents.devstack.broker import LocalBroker
 from runevents.heap import HEAP_TOP_PAD
-from runevents.store.bus import BusRunEventStore
-from runevents.topic import create_topic
 
 KAFKA_ENV: Final = "RUNEVENTS_BENCH_KAFKA"
 PARTITIONS: Final = 12

@@ -41,11 +41,11 @@ from bench.bus_e2e import (
     with_copy_table,
 )
 from bench.sql_put import libpq_dsn, load, postgres_server
+from runevents.bus.store import BusRunEventStore
+from runevents.bus.topic import create_topic
 from runevents.ops.backfill import backfill
 from runevents.ops.backfill_sources import JsonlSource
 from runevents.ops.replay import replay
-from runevents.store.bus import BusRunEventStore
-from runevents.topic import create_topic
 
 
 @dataclass(frozen=True)

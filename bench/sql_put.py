@@ -33,9 +33,9 @@ from bench import deerflow_store
 from bench.deerflow_store import DeerFlowStore
 from runevents.devstack.postgres import LocalPostgres
 from runevents.events import prepare_event
-from runevents.store import migrate
-from runevents.store.sql import SqlRunEventStore
-from runevents.store.writes import ROW_COLUMNS, event_row
+from runevents.tables import migrate
+from runevents.tables.sql import SqlRunEventStore
+from runevents.tables.writes import ROW_COLUMNS, event_row
 
 DATABASE_URL_ENV: Final = "RUNEVENTS_BENCH_DATABASE_URL"
 BATCH: Final = 100

@@ -26,8 +26,8 @@ from sqlalchemy.engine import URL
 
 from bench.sql_put import COLUMNS, libpq_dsn, load, make_event, postgres_server, scratch_database, table_row
 from runevents.events import MESSAGE_CATEGORY
-from runevents.store.schema import run_events
-from runevents.store.sql import SqlRunEventStore
+from runevents.tables.schema import run_events
+from runevents.tables.sql import SqlRunEventStore
 
 PAGE: Final = 50
 SHALLOW_DEPTH: Final = 1_000

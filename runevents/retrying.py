@@ -16,7 +16,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Final, TypeVar
 
 from runevents.masking import mask_secrets
-from runevents.store.failures import reason_of
+from runevents.tables.failures import reason_of
 
 # Backing off while the database does not answer.
 RETRY_FIRST_S: Final = 0.1

@@ -5,7 +5,7 @@ Precedence, highest first: an option given on the command line, the environment,
 came from, for `runevents config`. Secrets (the database and SASL passwords) are `SecretStr`: they
 print as `**********`, and the database URL is shown with its passwords masked; nothing here logs them.
 A `RUNEVENTS_*` variable that is no setting (a misspelling) is named by
-`runevents.environment.unknown_variables`, as a misspelled key in the file is an error.
+`runevents.cli.environment.unknown_variables`, as a misspelled key in the file is an error.
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ from runevents.bus.names import DEFAULT_PROJECTION, DEFAULT_TOPIC
 from runevents.errors import RunEventsError, UnsupportedDatabaseError
 from runevents.masking import mask_secrets
 from runevents.names import InvalidNameError, check_identifier, check_topic
-from runevents.store.sql import check_database_url
+from runevents.tables.sql import check_database_url
 
 if TYPE_CHECKING:
-    from runevents.store.bus import BusRunEventStore
+    from runevents.bus.store import BusRunEventStore
 
 ENV_PREFIX: Final = "RUNEVENTS_"
 CONFIG_ENV: Final = "RUNEVENTS_CONFIG"
@@ -260,7 +260,7 @@ class Settings(BaseSettings):
 
     def bus_store(self, **options: Any) -> BusRunEventStore:
         """A bus store on these settings' servers, topic, projection and schema, TLS and SASL included."""
-        from runevents.store.bus import BusRunEventStore  # aiokafka and asyncpg load only for the bus
+        from runevents.bus.store import BusRunEventStore  # aiokafka and asyncpg load only for the bus
 
         producer_options = {"client_options": self.kafka_options(), **options.pop("producer_options", {})}
         return BusRunEventStore(

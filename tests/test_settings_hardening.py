@@ -21,10 +21,10 @@ from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
 from runevents.cli import app
+from runevents.cli.environment import NOT_SETTINGS, unknown_variables
 from runevents.devstack.postgres import free_port
-from runevents.environment import NOT_SETTINGS, unknown_variables
 from runevents.settings import SettingsError, load_settings
-from runevents.store.migrate import upgrade_async
+from runevents.tables.migrate import upgrade_async
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 PLANTED: Final = "Pl4ntedS3cretXyz"
@@ -113,9 +113,9 @@ def test_log_lines_of_a_long_job_are_masked() -> None:
     # In a process of its own: pytest's capture already configured this one's logging.
     code = (
         "import logging\n"
-        "from runevents.cli_support import log_to_stderr\n"
+        "from runevents.cli.support import log_to_stderr\n"
         "log_to_stderr('info')\n"
-        "log = logging.getLogger('runevents.consumer')\n"
+        "log = logging.getLogger('runevents.bus.projector')\n"
         f"log.warning('retrying postgresql://carol:{PLANTED}1@db/runs and db?sslpassword={PLANTED}2')\n"
         "try:\n"
         f"    raise OSError('kafka://b:9092/t?database=postgresql%3A%2F%2Fc%3A{PLANTED}3%40db')\n"
@@ -124,7 +124,7 @@ def test_log_lines_of_a_long_job_are_masked() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
-    assert "WARNING runevents.consumer: retrying postgresql://carol:***@db" in done.stderr
+    assert "WARNING runevents.bus.projector: retrying postgresql://carol:***@db" in done.stderr
     assert "failed at 127.0.0.1:5432" in done.stderr  # no tuple repr
     assert PLANTED not in done.stderr, done.stderr
 

@@ -1,1 +1,1 @@
-"""The bus: what writers publish to the topic and what the projector makes of it."""
+"""The bus: the topic, what writers publish to it, and the projector that makes the read tables of it."""

@@ -1,5 +1,13 @@
-"""Consuming the run-events topic: the projector that writes the read tables."""
+"""Deprecated path, kept for this version: the projector moved to `runevents.bus.projector`."""
 
-from runevents.consumer.projector import Projector
+import warnings
+
+from runevents.bus.projector import Projector
 
 __all__ = ["Projector"]
+
+warnings.warn(
+    "runevents.consumer moved to runevents.bus.projector; the old path goes away in the next version",
+    DeprecationWarning,
+    stacklevel=2,
+)

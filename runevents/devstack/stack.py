@@ -31,16 +31,16 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from runevents.bus.store import BusRunEventStore
+from runevents.bus.topic import create_topic
 from runevents.devstack.broker import LocalBroker
+from runevents.devstack.fleet import RECEIPT, FleetSummary, combine, run_fleet
 from runevents.devstack.postgres import LocalPostgres
 from runevents.errors import RunEventsError
-from runevents.fleet import RECEIPT, FleetSummary, combine, run_fleet
 from runevents.heap import HEAP_TOP_PAD
-from runevents.store.bus import BusRunEventStore
-from runevents.store.migrate import upgrade_async
-from runevents.store.schema import projection_offsets, run_events, thread_counters
-from runevents.store.sql import engine_for
-from runevents.topic import create_topic
+from runevents.tables.migrate import upgrade_async
+from runevents.tables.schema import projection_offsets, run_events, thread_counters
+from runevents.tables.sql import engine_for
 
 DATABASE_ENV: Final = "RUNEVENTS_DATABASE_URL"
 KAFKA_ENV: Final = "RUNEVENTS_KAFKA"

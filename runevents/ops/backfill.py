@@ -21,13 +21,12 @@ from typing import Any, Final
 import asyncpg
 
 from runevents.bus.names import DEFAULT_TOPIC
+from runevents.bus.producer import EventProducer, EventTooLargeError
+from runevents.bus.topic import TopicMissingError, log_offsets
 from runevents.errors import InvalidEventError, RunEventsError
 from runevents.events import PreparedEvent, prepare_event
 from runevents.ops.backfill_sources import Source, SourceEvent
-from runevents.producer import EventProducer
-from runevents.producer.producer import EventTooLargeError
-from runevents.store import writes
-from runevents.topic import TopicMissingError, log_offsets
+from runevents.tables import writes
 
 DEFAULT_BATCH: Final = 2000
 ALREADY_PROJECTED: Final = "already in the read tables"

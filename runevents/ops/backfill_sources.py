@@ -27,9 +27,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from runevents.errors import RunEventsError
 from runevents.events import derived_event_id
-from runevents.store.query import RECORD_COLUMNS, row_to_record
-from runevents.store.schema import run_events
-from runevents.store.sql import engine_for
+from runevents.tables.query import RECORD_COLUMNS, row_to_record
+from runevents.tables.schema import run_events
+from runevents.tables.sql import engine_for
 
 # The fields of an event as `put` takes them; a source's other keys (seq, event_id) are not input.
 INPUT_FIELDS: Final = (

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from runevents.errors import RunEventsError
 from runevents.events import UndecodableRecordError, decode_record
-from runevents.store.schema import dead_letters
+from runevents.tables.schema import dead_letters
 
 OPEN: Final = "open"
 RETRIED: Final = "retried"

@@ -32,11 +32,12 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from runevents.bus.names import DEFAULT_PROJECTION, DEFAULT_TOPIC
+from runevents.bus.topic import TopicMissingError, log_offsets
 from runevents.errors import RunEventsError
 from runevents.names import check_identifier, check_topic
 from runevents.ops.replay import stored_offsets
-from runevents.store import migrate
-from runevents.store.schema import (
+from runevents.tables import migrate
+from runevents.tables.schema import (
     dead_letters,
     deleted_events,
     op_results,
@@ -44,9 +45,8 @@ from runevents.store.schema import (
     run_events,
     thread_counters,
 )
-from runevents.store.sql import engine_for
-from runevents.store.writes import qualified
-from runevents.topic import TopicMissingError, log_offsets
+from runevents.tables.sql import engine_for
+from runevents.tables.writes import qualified
 
 DEFAULT_SERVING: Final = "serving"
 DEFAULT_MAX_LAG: Final = 10_000

@@ -18,13 +18,13 @@ from typing import Any, Final
 from sqlalchemy import select
 
 from runevents.bus.names import DEFAULT_PROJECTION, DEFAULT_TOPIC
-from runevents.consumer.projector import Projector
+from runevents.bus.projector.loop import Projector
+from runevents.bus.topic import TopicMissingError, log_offsets
 from runevents.errors import RunEventsError
 from runevents.names import check_identifier, check_topic
-from runevents.store.migrate import upgrade_async
-from runevents.store.schema import projection_offsets
-from runevents.store.sql import engine_for
-from runevents.topic import TopicMissingError, log_offsets
+from runevents.tables.migrate import upgrade_async
+from runevents.tables.schema import projection_offsets
+from runevents.tables.sql import engine_for
 
 TICK_S: Final = 0.25
 

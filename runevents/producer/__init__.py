@@ -1,10 +1,13 @@
-"""Publishing to the run-events topic."""
+"""Deprecated path, kept for this version: the producer moved to `runevents.bus.producer`."""
 
-from runevents.producer.producer import (
-    BrokerUnavailableError,
-    EventProducer,
-    EventTooLargeError,
-    Published,
-)
+import warnings
+
+from runevents.bus.producer import BrokerUnavailableError, EventProducer, EventTooLargeError, Published
 
 __all__ = ["BrokerUnavailableError", "EventProducer", "EventTooLargeError", "Published"]
+
+warnings.warn(
+    "runevents.producer moved to runevents.bus.producer; the old path goes away in the next version",
+    DeprecationWarning,
+    stacklevel=2,
+)

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from runevents.consumer import Projector
+from runevents.bus.projector import Projector
+from runevents.bus.store import BusRunEventStore
+from runevents.bus.topic import create_topic
 from runevents.store import JsonlRunEventStore, MemoryRunEventStore, RunEventStore
-from runevents.store.bus import BusRunEventStore
-from runevents.store.sql import SqlRunEventStore, engine_for
-from runevents.topic import create_topic
+from runevents.tables.sql import SqlRunEventStore, engine_for
 
 BUS_PARTITIONS = 3
 

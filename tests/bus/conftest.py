@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from runevents.consumer import Projector
-from runevents.store.bus import BusRunEventStore
-from runevents.store.migrate import upgrade_async
-from runevents.topic import create_topic
+from runevents.bus.projector import Projector
+from runevents.bus.store import BusRunEventStore
+from runevents.bus.topic import create_topic
+from runevents.tables.migrate import upgrade_async
 
 PARTITIONS = 4
 

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
+from runevents.bus.producer import BrokerUnavailableError
+from runevents.bus.store import BusRunEventStore
+from runevents.bus.topic import create_topic
 from runevents.devstack.broker import LocalBroker
-from runevents.producer import BrokerUnavailableError
-from runevents.store.bus import BusRunEventStore
-from runevents.topic import create_topic
 from tests.bus.conftest import projector_process
 from tests.bus.test_projector import assert_gap_free, event, fetch
 

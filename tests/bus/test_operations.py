@@ -18,16 +18,16 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import make_url
 
-from runevents.consumer import Projector
+from runevents.bus.projector import Projector
+from runevents.bus.store import BusRunEventStore
 from runevents.devstack.postgres import free_port
 from runevents.events import SCHEMA_FILE
 from runevents.metrics import serve_metrics
 from runevents.settings import load_settings
-from runevents.store.bus import BusRunEventStore
-from runevents.store.writes import libpq_dsn as dsn
+from runevents.tables.writes import libpq_dsn as dsn
 from tests.bus.conftest import running
-from tests.bus.test_dead_letters import cli
 from tests.bus.test_projector import event
+from tests.ops.test_dead_letters import cli
 
 
 def projector_command(kafka: str, url: str, topic: str) -> list[str]:

@@ -15,14 +15,14 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from sqlalchemy.engine import make_url
 
-from runevents.consumer import Projector
+from runevents.bus import producer as producer_module
+from runevents.bus.producer import BrokerUnavailableError, EventProducer, EventTooLargeError
+from runevents.bus.projector import Projector
+from runevents.bus.read_your_writes import ProjectionTimeout
+from runevents.bus.store import BusRunEventStore
+from runevents.bus.topic import create_topic, dead_letter_topic
 from runevents.events import encode_put, prepare_event
-from runevents.producer import BrokerUnavailableError, EventProducer, EventTooLargeError
-from runevents.producer import producer as producer_module
 from runevents.store import open_store
-from runevents.store.bus import BusRunEventStore
-from runevents.store.read_your_writes import ProjectionTimeout
-from runevents.topic import create_topic, dead_letter_topic
 from tests.bus.conftest import PARTITIONS, projector_process, running
 
 

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from runevents.store import RunEventStore
-from runevents.store.migrate import upgrade
+from runevents.tables.migrate import upgrade
 from tests.backends.registry import BACKENDS, Backend, run_aside
 
 

@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from runevents.topic import create_topic
+from runevents.bus.topic import create_topic
 from tests.bus.conftest import bus_db
 
 __all__ = ["WIDE_PARTITIONS", "bus_db", "wide_topic"]

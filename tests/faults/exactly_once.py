@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
+from runevents.bus.producer import Published
 from runevents.events import Record
-from runevents.producer import Published
 from tests.bus.test_projector import dsn
 from tests.faults.projectors import ProjectorFleet
 

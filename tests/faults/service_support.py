@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runevents.bus.store import BusRunEventStore
 from runevents.errors import RunEventsError
-from runevents.store.bus import BusRunEventStore
 from tests.bus.test_projector import assert_gap_free, event, fetch
 
 PARTITIONS = 4

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from runevents.store.bus import BusRunEventStore
-from runevents.store.migrate import upgrade_async
+from runevents.bus.store import BusRunEventStore
+from runevents.tables.migrate import upgrade_async
 from tests.faults.exactly_once import (
     Acknowledged,
     assert_each_acknowledged_event_once,

@@ -15,14 +15,14 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from runevents.consumer import Projector
+from runevents.bus.projector import Projector
+from runevents.bus.read_your_writes import ProjectionTimeout
+from runevents.bus.store import BusRunEventStore
+from runevents.bus.topic import create_topic, dead_letter_topic
 from runevents.devstack.broker import LocalBroker
 from runevents.devstack.postgres import LocalPostgres, free_port
 from runevents.events import encode_put, prepare_event
-from runevents.store.bus import BusRunEventStore
-from runevents.store.migrate import upgrade_async
-from runevents.store.read_your_writes import ProjectionTimeout
-from runevents.topic import create_topic, dead_letter_topic
+from runevents.tables.migrate import upgrade_async
 from tests.bus.conftest import running
 from tests.bus.test_projector import assert_gap_free, dsn, event, fetch
 from tests.conftest import service_directory

@@ -1,0 +1,266 @@
+"""The bus backend: writes go to the topic, a projector group writes the read tables, reads come from them.
+
+`put`/`put_batch`/`put_if_absent` and the deletes publish, wait until the projection has applied
+the records (read-your-writes), then return what the read tables hold. `publish`/`publish_batch`
+return once the broker has acknowledged, without a seq, for emitters that do not need one.
+
+A batch's events are validated together, so a bad event fails the batch before anything is sent.
+Once sent, each event is a record of its own: if the broker fails mid-batch, the events it
+acknowledged will be projected and the error says which were not acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any, Final, TypeVar
+
+import asyncpg
+from sqlalchemy import select
+
+from runevents.bus.names import DEFAULT_PROJECTION, DEFAULT_TOPIC
+from runevents.bus.producer import EventProducer, Published
+from runevents.bus.read_your_writes import DEFAULT_POLL_INTERVAL_S, ProjectionWatcher
+from runevents.errors import RunEventsError
+from runevents.events import (
+    DEFAULT_MAX_TRACE_CONTENT,
+    PUT_IF_ABSENT,
+    PreparedEvent,
+    Record,
+    make_record,
+    prepare_event,
+    prepare_events,
+)
+from runevents.names import check_identifier, check_topic
+from runevents.store.opener import StoreUrl
+from runevents.tables import writes
+from runevents.tables.failures import DATABASE_ERRORS, reason_of
+from runevents.tables.group_commit import GroupCommitter
+from runevents.tables.query import RECORD_COLUMNS, ReadTablesStore
+from runevents.tables.schema import op_results, run_events
+from runevents.tables.sql import engine_for
+
+DEFAULT_WAIT_S: Final = 30.0
+LOOKUP_CONNECTIONS: Final = 2
+_e = run_events.c
+_r = op_results.c
+T = TypeVar("T")
+
+
+class ReadTablesUnavailableError(RunEventsError):
+    """The read tables' database did not answer; the message says whether anything was published."""
+
+
+class ProjectedRecordMissingError(RunEventsError):
+    """The projection passed a record's offset, but the record is not in the read tables."""
+
+
+class BusRunEventStore(ReadTablesStore):
+    """A `RunEventStore` that writes through the topic and reads the projection's read tables."""
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        database_url: str,
+        *,
+        topic: str = DEFAULT_TOPIC,
+        projection: str = DEFAULT_PROJECTION,
+        schema: str | None = None,
+        max_trace_content: int | None = DEFAULT_MAX_TRACE_CONTENT,
+        wait_timeout_s: float = DEFAULT_WAIT_S,
+        poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
+        pool_size: int = 8,
+        producer_options: dict[str, Any] | None = None,
+    ) -> None:
+        # Names first: a refused one must leave nothing opened (no engine, no producer).
+        check_topic(topic)
+        check_identifier("projection", projection)
+        self._schema = None if schema is None else check_identifier("schema", schema)
+        self._engine = engine_for(database_url, schema=schema, pool_size=pool_size)
+        self._max_trace_content = max_trace_content
+        self._wait_timeout_s = wait_timeout_s
+        self._producer = EventProducer(bootstrap_servers, topic=topic, **(producer_options or {}))
+        self._watcher = ProjectionWatcher(
+            database_url, projection=projection, topic=topic, schema=schema, poll_interval_s=poll_interval_s
+        )
+        self._dsn = writes.libpq_dsn(database_url)
+        self._lookup_sql = writes.projected_seqs_sql(schema)
+        self._lookup_pool: asyncpg.Pool | None = None
+        self._lookup_lock = asyncio.Lock()
+        self._lookups: GroupCommitter[tuple[str, str], int | None] = GroupCommitter(
+            self._lookup_seqs, concurrency=LOOKUP_CONNECTIONS
+        )
+
+    @property
+    def producer(self) -> EventProducer:
+        """The producer the store publishes with."""
+        return self._producer
+
+    async def close(self) -> None:
+        """Flush the producer and close the listener and the connection pool."""
+        await self._producer.stop()
+        await self._lookups.close()
+        await self._watcher.close()
+        if self._lookup_pool is not None:
+            await self._lookup_pool.close()
+        await self._engine.dispose()
+
+    async def publish_batch(self, events: Sequence[Mapping[str, Any]]) -> list[Published]:
+        """Validate and publish events; return once the broker acknowledged them (no seq, no wait)."""
+        prepared = prepare_events(events, max_trace_content=self._max_trace_content)
+        return await self._producer.publish_puts(prepared) if prepared else []
+
+    async def publish(self, **event: Any) -> Published:
+        """Validate and publish one event (the keywords of `put`); return once the broker acknowledged it."""
+        (published,) = await self.publish_batch([event])
+        return published
+
+    async def _wait(self, published: Sequence[Published]) -> None:
+        positions: dict[int, int] = {}
+        for record in published:
+            positions[record.partition] = max(positions.get(record.partition, -1), record.offset)
+        await self._watcher.wait(positions, self._wait_timeout_s)
+
+    async def put_batch(self, events: Sequence[Mapping[str, Any]]) -> list[Record]:
+        """Publish events, wait until they are projected, and return their records in input order."""
+        prepared = prepare_events(events, max_trace_content=self._max_trace_content)
+        if not prepared:
+            return []
+        await self._ready_to_publish()
+        published = await self._producer.publish_puts(prepared)
+        seqs = await self._read_back(published, lambda: self._projected_seqs(prepared))
+        return [make_record(event, seqs[event.event_id]) for event in prepared]
+
+    async def _ready_to_publish(self) -> None:
+        """Check the read tables before publishing, so a write that cannot be read back is not sent."""
+        try:
+            await self._ready()
+        except DATABASE_ERRORS as exc:
+            raise ReadTablesUnavailableError(
+                f"cannot reach the read tables' database ({reason_of(exc)}); nothing was published"
+            ) from exc
+
+    @contextlib.asynccontextmanager
+    async def _reading_back(self, published: Sequence[Published]) -> AsyncIterator[None]:
+        """Turn a database failure after publishing into an error that says the events are durable."""
+        try:
+            yield
+        except DATABASE_ERRORS as exc:
+            where = ", ".join(f"{record.partition}:{record.offset}" for record in published[:3])
+            raise ReadTablesUnavailableError(
+                f"{len(published)} records are durable on the topic (partition:offset {where}"
+                f"{', ...' if len(published) > 3 else ''}) but their projection could not be read "
+                f"({reason_of(exc)}); they will appear once a projector applies them"
+            ) from exc
+
+    async def _read_back(self, published: Sequence[Published], read: Callable[[], Awaitable[T]]) -> T:
+        """Wait until `published` is projected, then `read` it (again, if a promotion came between)."""
+        generation = self._watcher.generation
+        async with self._reading_back(published):
+            await self._wait(published)
+            try:
+                return await read()
+            except ProjectedRecordMissingError:
+                # Promoted after the wait saw the old projection pass the records: wait on the new one.
+                if not await self._watcher.resync(generation):
+                    raise
+                await self._wait(published)
+                return await read()
+
+    async def _projected_seqs(self, events: Sequence[PreparedEvent]) -> dict[str, int]:
+        """The seq the projector gave each event (also when a delete has removed it since)."""
+        # The record is what was published, numbered: only its seq needs reading back. Concurrent
+        # writers' lookups share one query (many puts waiting on one projector batch would
+        # otherwise each pay a query of their own).
+        wanted = [(event.thread_id, event.event_id) for event in events]
+        found = await self._lookups.submit(wanted)
+        missing = [event_id for (_, event_id), seq in zip(wanted, found, strict=True) if seq is None]
+        if missing:
+            raise ProjectedRecordMissingError(
+                f"{len(missing)} of {len(wanted)} events were projected but are not in the read tables "
+                f"(dead-lettered? see dead_letters), e.g. event_id {missing[0]}"
+            )
+        return {event_id: seq for (_, event_id), seq in zip(wanted, found, strict=True) if seq is not None}
+
+    async def _lookup_seqs(self, groups: list[Sequence[tuple[str, str]]]) -> list[list[int | None]]:
+        """One query for the seqs of every waiting writer's events, in the read tables or tombstones."""
+        pairs = [pair for group in groups for pair in group]
+        async with self._lookup_lock:
+            if self._lookup_pool is None:
+                self._lookup_pool = await asyncpg.create_pool(
+                    self._dsn, min_size=0, max_size=LOOKUP_CONNECTIONS
+                )
+        rows = await self._lookup_pool.fetch(
+            self._lookup_sql, [thread_id for thread_id, _ in pairs], [event_id for _, event_id in pairs]
+        )
+        seqs: dict[str, int] = {row[0]: row[1] for row in rows}
+        return [[seqs.get(event_id) for _, event_id in group] for group in groups]
+
+    async def _op_result(self, published: Published) -> Any:
+        return await self._read_back([published], lambda: self._read_op_result(published))
+
+    async def _read_op_result(self, published: Published) -> Any:
+        rows = await self._rows(
+            select(_r.removed, _r.seq, _r.created).where(
+                _r.thread_id == published.thread_id, _r.event_id == published.event_id
+            )
+        )
+        if not rows:
+            raise ProjectedRecordMissingError(
+                f"op {published.event_id} on thread {published.thread_id!r} was projected but left no "
+                "result (dead-lettered? see dead_letters)"
+            )
+        return rows[0]
+
+    async def _put_if_absent(self, event: Mapping[str, Any]) -> tuple[Record, bool]:
+        prepared = prepare_event(event, max_trace_content=self._max_trace_content)
+        await self._ready_to_publish()
+        (published,) = await self._producer.publish_puts([prepared], op=PUT_IF_ABSENT)
+        result = await self._op_result(published)
+        if result.created:
+            return make_record(prepared, result.seq), True
+        async with self._reading_back([published]):
+            records = await self._records(
+                select(*RECORD_COLUMNS).where(_e.thread_id == prepared.thread_id, _e.seq == result.seq)
+            )
+        if not records:
+            raise ProjectedRecordMissingError(
+                f"put_if_absent on thread {prepared.thread_id!r} resolved to seq {result.seq}, "
+                "which has been deleted since"
+            )
+        return records[0], False
+
+    async def _delete_thread(self, thread_id: str) -> int:
+        await self._ready_to_publish()
+        result = await self._op_result(await self._producer.publish_delete_thread(thread_id))
+        return int(result.removed)
+
+    async def _delete_run(self, thread_id: str, run_id: str) -> int:
+        await self._ready_to_publish()
+        result = await self._op_result(await self._producer.publish_delete_run(thread_id, run_id))
+        return int(result.removed)
+
+
+def open_url(url: StoreUrl) -> BusRunEventStore:
+    """A bus store for `kafka://brokers/topic?database=<percent-encoded URL>&projection=&schema=`."""
+    database = url.pop("database")
+    if not url.parts.netloc or not database:
+        raise url.error(
+            "a kafka URL names the brokers and the read tables' database, e.g. "
+            "kafka://broker:9092/run-events?database=postgresql%3A%2F%2Fuser%40db%2Frunevents"
+        )
+    topic = url.parts.path.strip("/") or DEFAULT_TOPIC
+    projection = url.pop("projection", DEFAULT_PROJECTION) or DEFAULT_PROJECTION
+    schema = url.pop("schema")
+    url.refuse_unknown()
+    return BusRunEventStore(
+        url.parts.netloc,
+        database,
+        topic=topic,
+        projection=projection,
+        schema=schema,
+        max_trace_content=DEFAULT_MAX_TRACE_CONTENT
+        if url.max_trace_content is None
+        else url.max_trace_content,
+    )
