@@ -9,7 +9,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runevents import events
 from runevents.bus.producer import EventProducer
 from runevents.errors import InvalidQueryError
 from runevents.events import (
@@ -21,6 +20,7 @@ from runevents.events import (
     decode_record,
     encode_delete,
     encode_put,
+    envelope,
     envelope_json_schema_text,
     prepare_event,
 )
@@ -174,16 +174,16 @@ def test_the_fast_path_decodes_only_what_the_models_take_and_to_the_same_event(
         value = orjson.dumps(document)
     except TypeError:
         return  # not JSON that could be on a topic (an integer past 64 bits)
-    fast = events._decode_put_fast(value, trace_limit)
+    fast = envelope._decode_put_fast(value, trace_limit)
     if fast is None:
         return
-    assert events._decode_validated(value, trace_limit) == fast
+    assert envelope._decode_validated(value, trace_limit) == fast
 
 
 def test_the_fast_path_takes_what_the_producer_writes():
     for op in (PUT, PUT_IF_ABSENT):
         value = encode_put(prepare_event(EVENT), op)
-        assert events._decode_put_fast(value, None) is not None, f"a {op} record fell back to the slow path"
+        assert envelope._decode_put_fast(value, None) is not None, f"a {op} record fell back to the slow path"
 
 
 @pytest.mark.parametrize(
