@@ -64,6 +64,27 @@ RULES: list[tuple[tuple[str, ...], tuple[str, ...], str]] = [
 ]
 
 
+# What each part of the tree may import besides itself: the table in the README's architecture section.
+_BASE = ("runevents.errors", "runevents.masking", "runevents.names")
+_CORE = (*_BASE, "runevents.events", "runevents.store", "runevents.tables", "runevents.bus")
+LAYERS: dict[str, tuple[str, ...]] = {
+    "runevents.errors": (),
+    "runevents.masking": (),
+    "runevents.heap": (),
+    "runevents.metrics": (),
+    "runevents.names": ("runevents.errors",),
+    "runevents.events": ("runevents.errors",),
+    "runevents.store": (*_BASE, "runevents.events"),
+    "runevents.tables": (*_BASE, "runevents.events", "runevents.store"),
+    "runevents.retrying": ("runevents.masking", "runevents.tables"),
+    "runevents.bus": (*_CORE, "runevents.retrying", "runevents.metrics"),
+    "runevents.settings": (*_BASE, "runevents.tables", "runevents.bus"),
+    "runevents.ops": (*_CORE, "runevents.retrying", "runevents.metrics"),
+    "runevents.devstack": (*_CORE, "runevents.heap"),
+    "runevents.cli": ("runevents",),
+}
+
+
 def module_name(path: Path) -> str:
     """`runevents/store/sql.py` as `runevents.store.sql` (a package as its own name)."""
     parts = path.relative_to(ROOT.parent).with_suffix("").parts
@@ -173,3 +194,24 @@ def test_an_old_path_still_imports_and_says_where_it_went(old: str):
     done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert f"{old} moved to {SHIMS[old]}" in done.stdout
+
+
+def part_of(name: str) -> str | None:
+    """The part of LAYERS that module `name` belongs to (the longest that holds it)."""
+    holding = [part for part in LAYERS if within(name, (part,))]
+    return max(holding, key=len) if holding else None
+
+
+def test_every_module_belongs_to_a_part():
+    assert not sorted(name for name in MODULES if name != "runevents" and part_of(name) is None)
+
+
+def test_each_part_imports_only_what_the_layers_allow():
+    broken = sorted(
+        f"{name} imports {imported}"
+        for name, path in MODULES.items()
+        if (part := part_of(name)) is not None
+        for imported in imports_of(path)
+        if imported != "runevents" and not within(imported, (part, *LAYERS[part]))
+    )
+    assert not broken, "; ".join(broken)
