@@ -34,7 +34,9 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from sqlalchemy.engine import URL
 
-from bench.sql_put import COLUMNS, libpq_dsn, load, make_event, postgres_server, scratch_database, table_row
+from bench.events import COLUMNS, make_event, table_row
+from bench.machine import load
+from bench.postgres import libpq_dsn, postgres_server, scratch_database
 from runevents.bus.store import BusRunEventStore
 from runevents.bus.topic import create_topic
 from runevents.devstack.broker import LocalBroker

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
+from bench.machine import load
 from runevents.events import new_event_id, to_json
 from runevents.store import JsonlRunEventStore, MemoryRunEventStore, RunEventStore
 from runevents.store.jsonl import Durability
@@ -181,11 +182,6 @@ async def repetition(
     rates["memory batch"] = await timed(len(batched), lambda: store_batches(MemoryRunEventStore(), batches))
     rates["memory single"] = await timed(len(single), lambda: store_singles(MemoryRunEventStore(), single))
     return rates
-
-
-def load() -> str:
-    """The 1, 5 and 15 minute load averages."""
-    return " ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
 def report(runs: list[dict[str, float]], workload: Workload) -> None:

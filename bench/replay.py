@@ -40,7 +40,8 @@ from bench.bus_e2e import (
     until_rows,
     with_copy_table,
 )
-from bench.sql_put import libpq_dsn, load, postgres_server
+from bench.machine import load
+from bench.postgres import libpq_dsn, postgres_server
 from runevents.bus.store import BusRunEventStore
 from runevents.bus.topic import create_topic
 from runevents.ops.backfill import backfill

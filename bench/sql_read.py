@@ -24,7 +24,9 @@ import asyncpg
 from sqlalchemy import func, select
 from sqlalchemy.engine import URL
 
-from bench.sql_put import COLUMNS, libpq_dsn, load, make_event, postgres_server, scratch_database, table_row
+from bench.events import COLUMNS, make_event, table_row
+from bench.machine import load
+from bench.postgres import libpq_dsn, postgres_server, scratch_database
 from runevents.events import MESSAGE_CATEGORY
 from runevents.tables.schema import run_events
 from runevents.tables.sql import SqlRunEventStore
