@@ -11,14 +11,18 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperOption
 
-from runevents.cli import admin as admin_cli
-from runevents.cli import demo as demo_cli
 from runevents.cli.backfill import backfill as backfill_command
+from runevents.cli.config import config as config_command
+from runevents.cli.db import db_app
 from runevents.cli.dead_letters import dead_letters_app
+from runevents.cli.demo import demo as demo_command
+from runevents.cli.project import project as project_command
 from runevents.cli.promote import projection_app
 from runevents.cli.promote import promote as promote_command
 from runevents.cli.replay import replay as replay_command
 from runevents.cli.support import begin_command, error_line, mask
+from runevents.cli.topic import schema as schema_command
+from runevents.cli.topic import topic_app
 from runevents.heap import keep_heap_top
 from runevents.settings import CONFIG_ENV
 
@@ -94,15 +98,15 @@ def main(
     keep_heap_top()
 
 
-app.command("demo")(demo_cli.demo)
+app.command("demo")(demo_command)
 # The operator's commands, after `demo`, in the order an operator meets them.
-app.command("project")(admin_cli.project)
+app.command("project")(project_command)
 app.command("replay")(replay_command)
 app.command("promote")(promote_command)
 app.add_typer(projection_app, name="projection")
 app.command("backfill")(backfill_command)
 app.add_typer(dead_letters_app, name="dead-letters")
-app.add_typer(admin_cli.db_app, name="db")
-app.add_typer(admin_cli.topic_app, name="topic")
-app.command("schema")(admin_cli.schema)
-app.command("config")(admin_cli.config)
+app.add_typer(db_app, name="db")
+app.add_typer(topic_app, name="topic")
+app.command("schema")(schema_command)
+app.command("config")(config_command)

@@ -317,7 +317,7 @@ def test_an_unexpected_error_is_masked_and_ends_in_one_error_line() -> None:
     # A bug (an exception no command turned into a line) still prints no password, in a process of its own.
     code = (
         "import sys\n"
-        "from runevents.cli import RunEventsApp\n"
+        "from runevents.cli.app import RunEventsApp\n"
         "app = RunEventsApp()\n"
         "@app.command()\n"
         "def boom() -> None:\n"
