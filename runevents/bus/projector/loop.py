@@ -1,15 +1,4 @@
-"""The projector: the topic's records applied to the read tables, exactly once in effect.
-
-Kafka delivers at least once; the projection is exactly once because every batch is one PostgreSQL
-transaction that also moves the partition's stored offset, and commits only if that offset is still
-where the batch began (a consumer that lost its partition in a rebalance cannot write a stale batch).
-On assignment the projector seeks to the stored offsets; Kafka's own committed offsets are never used.
-A second copy of an `event_id` is skipped. seq comes from the thread's counter row: a thread's
-records are all in one partition, so one projector at a time numbers them, in log order. Deletes and
-put_if_absent are applied in log order between the puts around them, and their outcomes are stored
-for the writer waiting on them. A record that cannot be decoded goes to the dead-letter topic and
-table with its reason, and the partition moves on.
-"""
+"""The projector's lifecycle and consume loop: start, fetch, apply each batch, recover, stop."""
 
 from __future__ import annotations
 
@@ -18,17 +7,17 @@ import logging
 import shlex
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
-from sqlalchemy import delete, select, text
-from sqlalchemy.dialects import postgresql
+from sqlalchemy import text
 
 from runevents import metrics
 from runevents.bus.names import DEFAULT_PROJECTION, DEFAULT_TOPIC
-from runevents.bus.projector.batch import BatchWriter, Owned, StaleBatchError
+from runevents.bus.projector.batch import BatchWriter, prune_results
+from runevents.bus.projector.dead_letters import DeadLetters
+from runevents.bus.projector.offsets import Positions, RebalanceListener, StaleBatchError
 from runevents.bus.topic import TopicMissingError
 from runevents.errors import RunEventsError, SchemaOutdatedError
 from runevents.masking import mask_secrets
@@ -36,15 +25,11 @@ from runevents.names import check_identifier, check_topic
 from runevents.retrying import RETRY_FIRST_S, one_line, pause, retry_until_stopped
 from runevents.tables import migrate
 from runevents.tables.failures import DATABASE_ERRORS
-from runevents.tables.schema import deleted_events, op_results, projection_offsets
 from runevents.tables.sql import engine_for
 
 log = logging.getLogger(__name__)
 
-# Op results and tombstones serve writers waiting on them and retries of the same record: minutes.
-RESULTS_KEPT_S: Final = 3600
 PRUNE_EVERY_S: Final = 60
-_o = projection_offsets.c
 
 
 class PartitionsError(RunEventsError, ValueError):
@@ -85,15 +70,23 @@ class Projector:
         self._engine = engine_for(database_url, schema=schema, pool_size=2)
         # Masked out of every message, whatever a driver's error quotes.
         self._secrets = (self._engine.url.password,)
-        self._writer = BatchWriter(
-            topic=topic, projection=projection, schema=schema, max_trace_content=max_trace_content
+        self._dead_letters = DeadLetters(
+            topic=topic,
+            projection=projection,
+            bootstrap_servers=bootstrap_servers,
+            client_options=self._client_options,
         )
-        # Where each owned partition's stored offset stands, as this projector last read or wrote it.
-        self._positions: dict[TopicPartition, int] = {}
+        self._writer = BatchWriter(
+            topic=topic,
+            projection=projection,
+            schema=schema,
+            max_trace_content=max_trace_content,
+            dead_letters=self._dead_letters,
+        )
+        self._positions = Positions(self._engine, topic=topic, projection=projection)
         # Held while a batch is applied, so a revocation waits for the batch to commit or roll back.
         self._applying = asyncio.Lock()
         self._consumer: AIOKafkaConsumer | None = None
-        self._dead_letters: AIOKafkaProducer | None = None
         # Set once the projector is told to stop (or cancelled): every retry loop ends on it.
         self._halt = asyncio.Event()
         self.projected = 0
@@ -106,7 +99,7 @@ class Projector:
     @property
     def assignment(self) -> set[TopicPartition]:
         """The partitions this projector owns now."""
-        return set(self._positions)
+        return set(self._positions.next_offsets)
 
     async def check_database(self) -> None:
         """Raise unless the read tables' database answers a query."""
@@ -140,7 +133,7 @@ class Projector:
         consumer = self._consumer
         return {
             tp.partition: (next_offset, None if consumer is None else consumer.highwater(tp))
-            for tp, next_offset in self._positions.items()
+            for tp, next_offset in self._positions.next_offsets.items()
         }
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
@@ -172,7 +165,7 @@ class Projector:
                         # stored offsets once the database answers (a restart, a killed connection).
                         await self._recover(exc)
                 if time.monotonic() - pruned > PRUNE_EVERY_S:
-                    await self._prune()
+                    await prune_results(self._engine)
                     pruned = time.monotonic()
         finally:
             halt.set()
@@ -190,7 +183,8 @@ class Projector:
 
         async def seek_back() -> None:
             async with self._applying:
-                await self._seek_to_stored(sorted(self._positions, key=lambda tp: tp.partition))
+                assert self._consumer is not None
+                await self._positions.seek_back(self._consumer)
 
         await retry_until_stopped(
             seek_back,
@@ -228,17 +222,16 @@ class Projector:
             self._consumer = consumer
             await consumer.start()
             await self._check_partitions(consumer, self._partitions)
-        self._dead_letters = AIOKafkaProducer(
-            bootstrap_servers=self._bootstrap_servers, acks="all", **self._client_options
-        )
         await self._dead_letters.start()
-        self._writer.dead_letters = self._dead_letters
         if self._partitions is None:
-            consumer.subscribe([self.topic], listener=_Rebalance(self))
+            listener = RebalanceListener(
+                self._positions, consumer, applying=self._applying, halt=self._halt, secrets=self._secrets
+            )
+            consumer.subscribe([self.topic], listener=listener)
         else:
             owned = [TopicPartition(self.topic, partition) for partition in self._partitions]
             consumer.assign(owned)
-            await self._seek_to_stored(owned)
+            await self._positions.seek_to_stored(consumer, owned)
 
     async def _check_partitions(self, consumer: AIOKafkaConsumer, wanted: Sequence[int]) -> None:
         """Raise unless the topic exists and has every partition of `wanted` (else it would idle)."""
@@ -253,13 +246,6 @@ class Projector:
                 f"there is no partition {', '.join(map(str, beyond))}"
             )
 
-    async def _prune(self) -> None:
-        """Drop op results and tombstones old enough that no writer waits on them and no retry comes."""
-        cutoff = datetime.now(UTC) - timedelta(seconds=RESULTS_KEPT_S)
-        async with self._engine.begin() as connection:
-            await connection.execute(delete(op_results).where(op_results.c.applied_at < cutoff))
-            await connection.execute(delete(deleted_events).where(deleted_events.c.deleted_at < cutoff))
-
     async def close(self) -> None:
         """Release the clients and the database pool the projector holds; run() does this as it ends."""
         await self._close()
@@ -268,88 +254,32 @@ class Projector:
         if self._consumer is not None:
             await self._consumer.stop()
             self._consumer = None
-        if self._dead_letters is not None:
-            await self._dead_letters.stop()
-            self._dead_letters = None
+        await self._dead_letters.stop()
         await self._engine.dispose()
-
-    async def _seek_to_stored(self, partitions: Sequence[TopicPartition]) -> None:
-        """Read (creating at 0 if new) the stored offsets of `partitions` and seek the consumer to them."""
-        if not partitions:
-            return
-        numbers = [tp.partition for tp in partitions]
-        async with self._engine.begin() as connection:
-            rows = [
-                {"projection": self.projection, "topic": self.topic, "partition": n, "next_offset": 0}
-                for n in numbers
-            ]
-            await connection.execute(
-                postgresql.insert(projection_offsets).values(rows).on_conflict_do_nothing()
-            )
-            stored = dict(
-                (
-                    await connection.execute(
-                        select(_o.partition, _o.next_offset).where(
-                            _o.projection == self.projection,
-                            _o.topic == self.topic,
-                            _o.partition.in_(numbers),
-                        )
-                    )
-                ).all()
-            )
-        assert self._consumer is not None
-        for tp in partitions:
-            self._positions[tp] = stored[tp.partition]
-            self._consumer.seek(tp, stored[tp.partition])
-        log.info(
-            "projection %r of %r: at %s (partition: next offset)",
-            self.projection,
-            self.topic,
-            {tp.partition: stored[tp.partition] for tp in partitions},
-        )
-
-    def _forget(self, partitions: Sequence[TopicPartition]) -> None:
-        for tp in partitions:
-            self._positions.pop(tp, None)
-        if partitions:
-            log.info(
-                "projection %r of %r: gave up partitions %s",
-                self.projection,
-                self.topic,
-                sorted(tp.partition for tp in partitions),
-            )
 
     async def _apply(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
         """Apply one fetched batch in one transaction; on a stale offset, roll back and seek again."""
-        owned: Owned = []  # in partition order
-        assert self._consumer is not None
-        unplaced = [tp for tp in batch if tp not in self._positions and tp in self._consumer.assignment()]
+        consumer = self._consumer
+        assert consumer is not None
+        positions = self._positions
+        unplaced = [tp for tp in batch if tp not in positions.next_offsets and tp in consumer.assignment()]
         if unplaced:
             # Assigned, but its stored offset was never read: read it and fetch from there.
-            await self._seek_to_stored(unplaced)
+            await positions.seek_to_stored(consumer, unplaced)
             return
-        for tp, records in sorted(batch.items(), key=lambda item: item[0].partition):
-            start = self._positions.get(tp)
-            if start is None:
-                continue  # revoked while fetched
-            fresh = [record for record in records if record.offset >= start]
-            if fresh:
-                owned.append((tp, fresh, start, fresh[-1].offset + 1))
+        owned = positions.unapplied(batch)
         if not owned:
             return
         writer = self._writer
         started = time.perf_counter()
         try:
-            async with self._engine.begin() as connection:
-                await writer.write(connection, owned)
+            await writer.write(self._engine, owned)
         except StaleBatchError as exc:
             self.stale_batches += 1
             log.warning("%s; rolled the batch back and seeking to the stored offsets", exc)
-            await self._seek_to_stored(sorted(self._positions, key=lambda tp: tp.partition))
+            await positions.seek_back(consumer)
             return
-        for tp, _, _, end in owned:
-            if tp in self._positions:
-                self._positions[tp] = end
+        positions.advance(owned)
         # Counted only now that the batch has committed.
         self.projected += writer.projected
         self.dead += writer.dead
@@ -366,28 +296,3 @@ class Projector:
                 writer.dead,
                 writer.first_dead,
             )
-
-
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Seeks newly assigned partitions to their stored offsets; lets a running batch finish first."""
-
-    def __init__(self, projector: Projector) -> None:
-        self._projector = projector
-
-    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        async with self._projector._applying:
-            self._projector._forget(list(revoked))
-
-    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        # aiokafka only logs a listener's failure: a partition that never got its stored offset
-        # would then be skipped for good. Keep trying until the database answers, or until told to
-        # stop: the consumer's stop() waits for this listener, so a loop deaf to it never ends.
-        projector = self._projector
-        await retry_until_stopped(
-            lambda: projector._seek_to_stored(list(assigned)),
-            projector._halt,
-            doing="reading the stored offsets of new partitions",
-            errors=DATABASE_ERRORS,
-            log=log,
-            secrets=projector._secrets,
-        )
