@@ -41,3 +41,11 @@ class UnsupportedDatabaseError(RunEventsError, ValueError):
 
 class InvalidStoreUrlError(RunEventsError, ValueError):
     """A backend URL `open_store` cannot open as given; the message names the part and never a secret."""
+
+
+class ThreadDeletedError(RunEventsError):
+    """The thread a subscription followed was deleted (`delete_by_thread`); the subscription has ended."""
+
+    def __init__(self, thread_id: str) -> None:
+        self.thread_id = thread_id
+        super().__init__(f"thread {thread_id!r} was deleted; its subscription ended")

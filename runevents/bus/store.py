@@ -234,6 +234,7 @@ class BusRunEventStore(ReadTablesStore):
     async def _delete_thread(self, thread_id: str) -> int:
         await self._ready_to_publish()
         result = await self._op_result(await self._producer.publish_delete_thread(thread_id))
+        self._doorbells.ring((thread_id,), deleted=True)
         return int(result.removed)
 
     async def _delete_run(self, thread_id: str, run_id: str) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import AsyncGenerator, Collection, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -141,6 +141,30 @@ class RunEventStore(abc.ABC):
         check_user(user_id)
         return await self._count_messages(thread_id, user_id)
 
+    def subscribe(
+        self,
+        thread_id: str,
+        *,
+        after_seq: int = 0,
+        run_id: str | None = None,
+        categories: Collection[str] | None = None,
+        user_id: str | None = None,
+    ) -> AsyncGenerator[Record, None]:
+        """Follow a thread: its records after `after_seq` in seq order, then each new one, without end.
+
+        Iteration ends when the caller stops it, or with `ThreadDeletedError` once the thread is deleted.
+        """
+        check_id("thread_id", thread_id)
+        check_page(0, None, after_seq)
+        if run_id is not None:
+            check_id("run_id", run_id)
+        if categories is not None:
+            check_names("categories", categories)
+        check_user(user_id)
+        return self._subscribe(
+            thread_id, after_seq, run_id, None if categories is None else frozenset(categories), user_id
+        )
+
     async def delete_by_thread(self, thread_id: str) -> int:
         """Delete a thread's records and reset its seq; return how many were removed."""
         check_id("thread_id", thread_id)
@@ -199,6 +223,17 @@ class RunEventStore(abc.ABC):
     @abc.abstractmethod
     async def _count_messages(self, thread_id: str, user_id: str | None) -> int:
         """`count_messages` of checked arguments."""
+
+    @abc.abstractmethod
+    def _subscribe(
+        self,
+        thread_id: str,
+        after_seq: int,
+        run_id: str | None,
+        categories: frozenset[str] | None,
+        user_id: str | None,
+    ) -> AsyncGenerator[Record, None]:
+        """`subscribe` of checked arguments."""
 
     @abc.abstractmethod
     async def _delete_thread(self, thread_id: str) -> int:

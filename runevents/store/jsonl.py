@@ -148,7 +148,9 @@ class JsonlRunEventStore(ThreadLogStore):
             # One order for every writer, so batches spanning threads cannot deadlock.
             for thread_id in sorted({event.thread_id for event in prepared}):
                 await held.enter_async_context(self._thread_lock(thread_id))
-            return await run_to_completion(self._append(prepared))
+            records = await run_to_completion(self._append(prepared))
+        self._doorbells.ring({event.thread_id for event in prepared})
+        return records
 
     async def _append(self, prepared: Sequence[PreparedEvent]) -> list[Record]:
         logs = {event.thread_id: await self._load(event.thread_id) for event in prepared}
@@ -178,7 +180,10 @@ class JsonlRunEventStore(ThreadLogStore):
         self._check_paths([prepared], single=True)
         self._claim_directory()
         async with self._thread_lock(prepared.thread_id):
-            return await run_to_completion(self._append_if_absent(prepared))
+            record, created = await run_to_completion(self._append_if_absent(prepared))
+        if created:
+            self._doorbells.ring((prepared.thread_id,))
+        return record, created
 
     async def _append_if_absent(self, prepared: PreparedEvent) -> tuple[Record, bool]:
         log = await self._load(prepared.thread_id)
@@ -192,7 +197,9 @@ class JsonlRunEventStore(ThreadLogStore):
         self._check_id_argument("thread_id", thread_id)
         self._claim_directory()
         async with self._thread_lock(thread_id):
-            return await run_to_completion(self._remove_thread(thread_id))
+            removed = await run_to_completion(self._remove_thread(thread_id))
+        self._doorbells.ring((thread_id,), deleted=True)
+        return removed
 
     async def _remove_thread(self, thread_id: str) -> int:
         log = await self._load(thread_id)

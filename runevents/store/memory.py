@@ -33,7 +33,9 @@ class MemoryRunEventStore(ThreadLogStore):
     async def put_batch(self, events: Sequence[Mapping[str, Any]]) -> list[Record]:
         """Write many events all or none; return their records in input order."""
         prepared = prepare_events(events, max_trace_content=self._max_trace_content)
-        return [self._append(event) for event in prepared]
+        records = [self._append(event) for event in prepared]
+        self._doorbells.ring({event.thread_id for event in prepared})
+        return records
 
     async def _put_if_absent(self, event: Mapping[str, Any]) -> tuple[Record, bool]:
         prepared = prepare_event(event, max_trace_content=self._max_trace_content)
@@ -41,10 +43,13 @@ class MemoryRunEventStore(ThreadLogStore):
         existing = None if log is None else log.first_of_type(prepared.run_id, prepared.event_type)
         if existing is not None:
             return existing.record(), False
-        return self._append(prepared), True
+        record = self._append(prepared)
+        self._doorbells.ring((prepared.thread_id,))
+        return record, True
 
     async def _delete_thread(self, thread_id: str) -> int:
         log = self._threads.pop(thread_id, None)
+        self._doorbells.ring((thread_id,), deleted=True)
         return 0 if log is None else len(log.events)
 
     async def _delete_run(self, thread_id: str, run_id: str) -> int:

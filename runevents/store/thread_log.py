@@ -180,6 +180,25 @@ class ThreadLog:
         lo = 0 if after_seq is None else bisect_right(run, after_seq, key=_seq)
         return records(_matching(iter(run[lo:]), keep, limit))
 
+    def records_after(
+        self,
+        after_seq: int,
+        limit: int,
+        run_id: str | None,
+        categories: Collection[str] | None,
+        user_id: str | None,
+    ) -> list[Record]:
+        """The first `limit` records after `after_seq` of the thread (or of one run) that pass the filters."""
+
+        def keep(event: LoggedEvent) -> bool:
+            return (categories is None or event.category in categories) and (
+                user_id is None or event.user_id == user_id
+            )
+
+        held = self.events if run_id is None else self.runs.get(run_id, [])
+        lo = bisect_right(held, after_seq, key=_seq)
+        return records(_matching(iter(held[lo:]), keep, limit))
+
     def last_visible_ai_seqs(self, run_ids: Collection[str], user_id: str | None) -> dict[str, int]:
         """Each run's last AI response not written by middleware."""
         found: dict[str, int] = {}

@@ -6,7 +6,8 @@ The sql backend and the bus backend (whose projector writes the same tables) bot
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection
+import contextlib
+from collections.abc import AsyncGenerator, Collection
 from datetime import UTC
 from typing import Any, Final
 
@@ -22,6 +23,7 @@ from runevents.events import (
     utc_iso,
 )
 from runevents.store.base import RunEventStore
+from runevents.store.subscriptions import Doorbell, Doorbells, follow, watching
 from runevents.tables import migrate
 from runevents.tables.failures import DATABASE_ERRORS, ReadFailedError, reason_of
 from runevents.tables.schema import STR, run_events, thread_counters
@@ -87,6 +89,63 @@ class ReadTablesStore(RunEventStore):
     _schema_checked: bool = False
     # Created lazily: the first callers of a fresh store arrive together, and one check is enough.
     _schema_lock: asyncio.Lock | None = None
+    # How often a subscription looks at the tables by itself, for writes no notification tells of.
+    _subscription_poll_s: float | None = 0.5
+    _doorbells_of_store: Doorbells | None = None
+
+    @property
+    def _doorbells(self) -> Doorbells:
+        """The doorbells this store's own writes ring (subscriptions in this process)."""
+        if self._doorbells_of_store is None:
+            self._doorbells_of_store = Doorbells()
+        return self._doorbells_of_store
+
+    def _watch(self, thread_id: str) -> contextlib.AbstractAsyncContextManager[Doorbell]:
+        """A doorbell rung when `thread_id` may have new records readable here."""
+        return watching(self._doorbells, thread_id)
+
+    def _subscribe(
+        self,
+        thread_id: str,
+        after_seq: int,
+        run_id: str | None,
+        categories: frozenset[str] | None,
+        user_id: str | None,
+    ) -> AsyncGenerator[Record, None]:
+        return follow(
+            self._watch(thread_id),
+            self._records_after,
+            thread_id,
+            after_seq,
+            run_id,
+            categories,
+            user_id,
+            last_seq=self._thread_last_seq,
+            poll_s=self._subscription_poll_s,
+        )
+
+    async def _records_after(
+        self,
+        thread_id: str,
+        after_seq: int,
+        limit: int,
+        run_id: str | None,
+        categories: Collection[str] | None,
+        user_id: str | None,
+    ) -> list[Record]:
+        statement = select(*RECORD_COLUMNS).where(_e.thread_id == thread_id, _e.seq > after_seq)
+        if run_id is not None:
+            statement = statement.where(_e.run_id == run_id)
+        if categories is not None:
+            statement = statement.where(_e.category.in_(sorted(categories)))
+        return await self._records(_scoped(statement, user_id).order_by(_e.seq.asc()).limit(limit))
+
+    async def _thread_last_seq(self, thread_id: str) -> int:
+        """The thread's seq counter (0 for a thread that has none)."""
+        rows = await self._rows(
+            select(thread_counters.c.last_seq).where(thread_counters.c.thread_id == thread_id)
+        )
+        return int(rows[0][0]) if rows else 0
 
     async def _ready(self) -> None:
         """Refuse to run on read tables older than this version needs (checked once per store)."""

@@ -165,7 +165,9 @@ class SqlRunEventStore(ReadTablesStore):
         if not prepared:
             return []
         await self._ready()
-        return await self._writes.submit(prepared)
+        records = await self._writes.submit(prepared)
+        self._doorbells.ring({event.thread_id for event in prepared})
+        return records
 
     async def _flush(self, groups: list[Sequence[PreparedEvent]]) -> list[list[Record]]:
         flat = [event for group in groups for event in group]
@@ -248,12 +250,17 @@ class SqlRunEventStore(ReadTablesStore):
         prepared = prepare_event(event, max_trace_content=self._max_trace_content)
         await self._ready()
         async with self._transaction(f"put_if_absent on thread {prepared.thread_id!r}") as connection:
-            return await writes.put_if_absent(connection, prepared, self._schema)
+            record, created = await writes.put_if_absent(connection, prepared, self._schema)
+        if created:
+            self._doorbells.ring((prepared.thread_id,))
+        return record, created
 
     async def _delete_thread(self, thread_id: str) -> int:
         await self._ready()
         async with self._transaction(f"delete_by_thread({thread_id!r})") as connection:
-            return await writes.delete_thread(connection, thread_id)
+            removed = await writes.delete_thread(connection, thread_id)
+        self._doorbells.ring((thread_id,), deleted=True)
+        return removed
 
     async def _delete_run(self, thread_id: str, run_id: str) -> int:
         await self._ready()
