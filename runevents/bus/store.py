@@ -84,7 +84,7 @@ class BusRunEventStore(ReadTablesStore):
         self._watcher = ProjectionWatcher(
             database_url, projection=projection, topic=topic, schema=schema, poll_interval_s=poll_interval_s
         )
-        self._dsn = writes.libpq_dsn(database_url)
+        self._dsn = self._listen_dsn = writes.libpq_dsn(database_url)
         self._lookup_sql = writes.projected_seqs_sql(schema)
         self._lookup_pool: asyncpg.Pool | None = None
         self._lookup_lock = asyncio.Lock()

@@ -73,11 +73,11 @@ class Doorbells:
                 if not bells:
                     del self._by_thread[thread_id]
 
-    def ring(self, thread_ids: Iterable[str], *, deleted: bool = False) -> None:
+    def ring(self, thread_ids: Iterable[str], *, deleted: bool = False, resync: bool = False) -> None:
         """Ring every subscription of these threads."""
         for thread_id in thread_ids:
             for bell in self._by_thread.get(thread_id, ()):
-                bell.ring(deleted=deleted)
+                bell.ring(deleted=deleted, resync=resync)
 
     def ring_all(self, *, resync: bool = False) -> None:
         """Ring every subscription (after notifications may have been lost)."""

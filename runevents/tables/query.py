@@ -26,6 +26,7 @@ from runevents.store.base import RunEventStore
 from runevents.store.subscriptions import Doorbell, Doorbells, follow, watching
 from runevents.tables import migrate
 from runevents.tables.failures import DATABASE_ERRORS, ReadFailedError, reason_of
+from runevents.tables.listener import ThreadListener
 from runevents.tables.schema import STR, run_events, thread_counters
 
 _e = run_events.c
@@ -89,8 +90,10 @@ class ReadTablesStore(RunEventStore):
     _schema_checked: bool = False
     # Created lazily: the first callers of a fresh store arrive together, and one check is enough.
     _schema_lock: asyncio.Lock | None = None
-    # How often a subscription looks at the tables by itself, for writes no notification tells of.
-    _subscription_poll_s: float | None = 0.5
+    # The DSN whose thread notifications subscriptions listen to (PostgreSQL); None: no LISTEN (SQLite).
+    _listen_dsn: str | None = None
+    # Without LISTEN, how often a subscription looks by itself for other processes' writes.
+    _subscription_poll_s: Final = 0.5
     _doorbells_of_store: Doorbells | None = None
 
     @property
@@ -102,6 +105,8 @@ class ReadTablesStore(RunEventStore):
 
     def _watch(self, thread_id: str) -> contextlib.AbstractAsyncContextManager[Doorbell]:
         """A doorbell rung when `thread_id` may have new records readable here."""
+        if self._listen_dsn is not None:
+            return ThreadListener.watch(self._listen_dsn, self._schema, thread_id)
         return watching(self._doorbells, thread_id)
 
     def _subscribe(
@@ -121,7 +126,7 @@ class ReadTablesStore(RunEventStore):
             categories,
             user_id,
             last_seq=self._thread_last_seq,
-            poll_s=self._subscription_poll_s,
+            poll_s=None if self._listen_dsn is not None else self._subscription_poll_s,
         )
 
     async def _records_after(

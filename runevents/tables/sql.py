@@ -132,6 +132,8 @@ class SqlRunEventStore(ReadTablesStore):
         self._engine = engine_for(url, schema=schema, pool_size=pool_size)
         self._max_trace_content = max_trace_content
         self._dialect = self._engine.dialect.name
+        if self._dialect == "postgresql":
+            self._listen_dsn = writes.libpq_dsn(self._engine.url)
         self._insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
         # SQLite has one writer at a time whatever we do; more flushers would only wait on its lock.
         concurrency = write_concurrency if self._dialect == "postgresql" else 1

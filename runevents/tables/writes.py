@@ -39,6 +39,7 @@ from runevents.events import (
     make_record,
     message_id_of,
 )
+from runevents.tables.notify import DELETED, WRITTEN, notify, notify_asyncpg
 from runevents.tables.query import RECORD_COLUMNS, row_to_record
 from runevents.tables.schema import DICT, JSON_STR, LIST, STR, deleted_events, run_events, thread_counters
 
@@ -61,6 +62,14 @@ def projected_seqs_sql(schema: str | None) -> str:
         "WHERE (thread_id, event_id) IN (SELECT * FROM unnest($1::text[], $2::uuid[]))"
         for table in (run_events, deleted_events)
     )
+
+
+def schema_of(connection: AsyncConnection) -> str | None:
+    """The schema a connection's statements go to (engine_for maps the tables' schema there)."""
+    sync = connection.sync_connection
+    translated = (sync.get_execution_options() if sync is not None else {}).get("schema_translate_map") or {}
+    schema: str | None = translated.get(None)
+    return schema
 
 
 def qualified(table: Table, schema: str | None) -> str:
@@ -211,6 +220,7 @@ async def insert_events_postgresql(
         records=records,
     )
     await copy_rows(connection, rows, schema)
+    await notify_asyncpg(connection, schema, WRITTEN, thread_ids)
     return made
 
 
@@ -305,6 +315,7 @@ async def delete_thread(connection: AsyncConnection, thread_id: str, *, tombston
         return 0
     categories = await _delete_rows(connection, thread_id, _e.thread_id == thread_id, tombstones=tombstones)
     await connection.execute(delete(thread_counters).where(_c.thread_id == thread_id))
+    await notify(connection, schema_of(connection), DELETED, (thread_id,))
     return len(categories)
 
 
