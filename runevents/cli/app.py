@@ -20,6 +20,8 @@ from runevents.cli.project import project as project_command
 from runevents.cli.promote import projection_app
 from runevents.cli.promote import promote as promote_command
 from runevents.cli.replay import replay as replay_command
+from runevents.cli.show import show as show_command
+from runevents.cli.show import tail as tail_command
 from runevents.cli.support import begin_command, error_line, mask
 from runevents.cli.topic import schema as schema_command
 from runevents.cli.topic import topic_app
@@ -99,6 +101,9 @@ def main(
 
 
 app.command("demo")(demo_command)
+# Reading a thread in any store: a page of it, or its records as they come.
+app.command("show")(show_command)
+app.command("tail")(tail_command)
 # The operator's commands, after `demo`, in the order an operator meets them.
 app.command("project")(project_command)
 app.command("replay")(replay_command)

@@ -24,7 +24,7 @@ def caller_of(record: Record) -> str:
     return str(record["metadata"].get("caller", ""))
 
 
-def _kind_and_preview(record: Record) -> tuple[str, str]:
+def kind_and_preview(record: Record) -> tuple[str, str]:
     """A message's kind (human, ai, tool:<name> or the middleware that wrote it) and its text."""
     content: Any = record["content"]
     if not isinstance(content, dict):
@@ -65,7 +65,7 @@ async def print_messages(console: Console, store: RunEventStore, thread: str, ru
     console.print(f"[bold]{thread}[/], latest messages: list_messages(limit={PAGE})")
     table = demo_table("seq", "run", "kind", "preview", flexible="preview")
     for record in page:
-        kind, text = _kind_and_preview(record)
+        kind, text = kind_and_preview(record)
         style = "dim" if kind.startswith(MIDDLEWARE_CALLER_PREFIX) else None
         row = (str(record["seq"]), record["run_id"], kind, text)
         table.add_row(*(one_line(cell) for cell in row), style=style)
