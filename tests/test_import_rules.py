@@ -80,6 +80,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "runevents.bus": (*_CORE, "runevents.retrying", "runevents.metrics"),
     "runevents.settings": (*_BASE, "runevents.tables", "runevents.bus"),
     "runevents.ops": (*_CORE, "runevents.retrying", "runevents.metrics"),
+    # The HTTP service reads through the contract only: any store, no backend of its own.
+    "runevents.serve": (*_BASE, "runevents.events", "runevents.store"),
     "runevents.devstack": (*_CORE, "runevents.heap"),
     "runevents.cli": ("runevents",),
 }

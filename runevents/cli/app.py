@@ -20,6 +20,8 @@ from runevents.cli.project import project as project_command
 from runevents.cli.promote import projection_app
 from runevents.cli.promote import promote as promote_command
 from runevents.cli.replay import replay as replay_command
+from runevents.cli.serve import hash_token_command
+from runevents.cli.serve import serve as serve_command
 from runevents.cli.show import show as show_command
 from runevents.cli.show import tail as tail_command
 from runevents.cli.support import begin_command, error_line, mask
@@ -104,6 +106,9 @@ app.command("demo")(demo_command)
 # Reading a thread in any store: a page of it, or its records as they come.
 app.command("show")(show_command)
 app.command("tail")(tail_command)
+# The read side over HTTP (deer-flow's routes, live streams, the viewer) and its tokens.
+app.command("serve")(serve_command)
+app.command("hash-token")(hash_token_command)
 # The operator's commands, after `demo`, in the order an operator meets them.
 app.command("project")(project_command)
 app.command("replay")(replay_command)

@@ -7,9 +7,7 @@ import contextlib
 from collections import deque
 from collections.abc import Coroutine
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Annotated, Any, Final, TypeVar
-from urllib.parse import parse_qs, urlencode, urlsplit
 
 import orjson
 import typer
@@ -17,22 +15,20 @@ from aiokafka.errors import KafkaError
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
 from runevents.cli.demo_output import caller_of, demo_table, kind_and_preview, one_line
+from runevents.cli.store_url import StoreUrlOption, store_url
 from runevents.cli.support import (
-    fail,
     failure_line,
     mask,
-    remember_secrets,
     run_or_fail,
     settings_of,
     stop_on_signals,
 )
 from runevents.errors import InvalidQueryError, RunEventsError, ThreadDeletedError
 from runevents.events import MIDDLEWARE_CALLER_PREFIX, Record
-from runevents.settings import Settings, url_secrets
+from runevents.settings import Settings
 from runevents.store import open_store
 
 T = TypeVar("T")
@@ -41,16 +37,6 @@ INTERRUPTED: Final = 130  # the exit status of a command stopped by Ctrl-C (or S
 DEFAULT_PAGE: Final = 50  # deer-flow's page of messages
 EVENTS_READ: Final = 500  # events read at a time while looking for a run's page (list_events' default)
 
-StoreUrlOption = Annotated[
-    str | None,
-    typer.Option(
-        "--store",
-        help="The store to read, any URL open_store takes: jsonl:///dir, sqlite:///path, "
-        "postgresql://user@host/db[?schema=S], kafka://host:port/topic?database=... [default: the read "
-        "tables of setting database_url (env RUNEVENTS_DATABASE_URL), in setting schema_name]",
-        show_default=False,
-    ),
-]
 UserOption = Annotated[
     str | None, typer.Option("--user", help="Only the records of this user_id.", show_default=False)
 ]
@@ -76,7 +62,7 @@ def show(
     before it when there is one. Exit status: 0 shown (an empty page too), 1 error, 130 Ctrl-C.
     """
     settings = settings_of()
-    url = _store_url(store, settings)
+    url = store_url(store, settings)
     console = Console(highlight=False)
     if run is None:
         read = _messages_page(url, thread, before_seq, limit, user)
@@ -119,54 +105,12 @@ def tail(
     directory stays locked (to writers too) while tail runs.
     """
     settings = settings_of()
-    url = _store_url(store, settings)
+    url = store_url(store, settings)
     typer.echo(f"following thread {thread!r} in {mask(url)} after seq {after_seq}; Ctrl-C stops", err=True)
     work = _follow(Console(highlight=False), url, thread, after_seq, run, category, user)
     deleted = _interruptible(work, url, settings)
     if deleted:
         typer.echo(f"thread {thread!r} was deleted: nothing more to follow", err=True)
-
-
-def _store_url(given: str | None, settings: Settings) -> str:
-    """The URL of the store to read: --store, else the settings' database (its schema, password and TLS)."""
-    if given is not None:
-        remember_secrets(*url_secrets(given), *_inner_secrets(given))
-        url = given
-    elif settings.database_url is None:
-        fail(
-            "no store to read: give --store URL (jsonl:///dir, sqlite:///path, postgresql://..., "
-            "kafka://...) or set database_url (RUNEVENTS_DATABASE_URL or `database_url` in the config file)"
-        )
-    else:
-        url = settings.database()
-        if settings.schema_name is not None:
-            url += ("&" if "?" in url else "?") + urlencode({"schema": settings.schema_name})
-    _refuse_missing(url)
-    return url
-
-
-def _inner_secrets(url: str) -> list[str]:
-    """The passwords of the database a kafka URL names in its `database=` option."""
-    return [
-        secret for inner in parse_qs(urlsplit(url).query).get("database", []) for secret in url_secrets(inner)
-    ]
-
-
-def _refuse_missing(url: str) -> None:
-    """Refuse a jsonl directory or SQLite file that is not there: reading one must not create it."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    path: Path | None = None
-    kind = "directory"
-    if scheme == "jsonl":
-        path = Path(parts.netloc + parts.path) if parts.netloc + parts.path else None
-    elif scheme.split("+")[0] == "sqlite":
-        with contextlib.suppress(ArgumentError):  # a URL open_store refuses is refused there, in its words
-            database = make_url(url.split("?", 1)[0]).database
-            path = Path(database) if database and database != ":memory:" else None
-        kind = "file"
-    if path is not None and not path.exists():
-        fail(f"{mask(url)}: no such {kind} {path}; show and tail read a store, they do not create one")
 
 
 class StoreUnreadableError(RunEventsError):
