@@ -18,6 +18,7 @@ from runevents.cli.demo_bus import Fleet, run_bus_demo
 from runevents.cli.demo_output import (
     ALL,
     THREAD_ROWS,
+    busiest_thread,
     caller_of,
     check_receipts,
     demo_table,
@@ -63,6 +64,14 @@ def demo(
     ] = 4,
     projectors: Annotated[int, typer.Option(min=1, help="bus: projector processes in the group.")] = 2,
     partitions: Annotated[int, typer.Option(min=1, help="bus: partitions of the demo's topic.")] = 6,
+    serve: Annotated[
+        bool,
+        typer.Option(
+            "--serve",
+            help="bus: after the fleet, keep the dev stack up and serve its read tables (the run viewer "
+            "at /) until Ctrl-C.",
+        ),
+    ] = False,
 ) -> None:
     """Run a simulated fleet of agents through a backend (the bus by default) and show what was stored."""
     if directory is not None and directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
@@ -70,12 +79,19 @@ def demo(
             f"{directory} is not an empty directory; the demo writes a fresh fleet", param_hint="--dir"
         )
     console = Console(highlight=False)
+    if serve and backend is not Backend.BUS:
+        raise typer.BadParameter(
+            "the jsonl demo ends with its files kept: serve them with runevents serve --store jsonl://DIR",
+            param_hint="--serve",
+        )
     if backend is Backend.JSONL:
         base = directory or Path(tempfile.mkdtemp(prefix="runevents-demo-"))
         failed = asyncio.run(_demo(console, base, agents, runs_per_agent, seed))
     else:
         fleet = Fleet(agents, runs_per_agent, seed, writers)
-        failed = run_bus_demo(console, directory, fleet, partitions=partitions, projectors=projectors)
+        failed = run_bus_demo(
+            console, directory, fleet, partitions=partitions, projectors=projectors, serve=serve
+        )
     if failed:
         raise typer.Exit(1)
 
@@ -87,12 +103,18 @@ async def _demo(console: Console, base: Path, agents: int, runs_per_agent: int, 
         "[bold]jsonl[/] backend, durability=flush"
     )
     # soft_wrap: a long path stays one line that the terminal wraps, so it can be copied whole.
-    console.print(Text(f"files (kept): {base}/threads/<thread>/runs/<run>.jsonl\n"), soft_wrap=True)
+    console.print(
+        Text(
+            f"files (kept): {base}/threads/<thread>/runs/<run>.jsonl; the run viewer shows them after "
+            f"the demo: runevents serve --store jsonl://{base}, then http://127.0.0.1:8470/\n"
+        ),
+        soft_wrap=True,
+    )
     checks: dict[str, tuple[bool, str]] = {}  # name -> (passed, the line that says so)
     async with JsonlRunEventStore(base) as store:
         summary = await run_fleet(store, agents=agents, runs_per_agent=runs_per_agent, seed=seed)
         _print_written(console, summary, base)
-        thread = max(summary.events_by_thread, key=lambda t: (summary.events_by_thread[t], t))
+        thread = busiest_thread(summary)
         await print_messages(console, store, thread, summary.threads[thread])
         await _print_run(console, store, thread, summary.threads[thread])
         checks["receipts"] = await check_receipts(store, summary)

@@ -20,7 +20,15 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from rich.text import Text
 from sqlalchemy.exc import SQLAlchemyError
 
-from runevents.cli.demo_output import ALL, THREAD_ROWS, check_receipts, demo_table, print_messages
+from runevents.cli.demo_output import (
+    ALL,
+    THREAD_ROWS,
+    busiest_thread,
+    check_receipts,
+    demo_table,
+    print_messages,
+)
+from runevents.cli.demo_serve import serve_until_stopped
 from runevents.cli.support import error_line, fail, remember_secrets
 from runevents.devstack.fleet import FleetSummary
 from runevents.devstack.stack import (
@@ -70,7 +78,13 @@ class _Stored:
 
 
 def run_bus_demo(
-    console: Console, directory: Path | None, fleet: Fleet, *, partitions: int, projectors: int
+    console: Console,
+    directory: Path | None,
+    fleet: Fleet,
+    *,
+    partitions: int,
+    projectors: int,
+    serve: bool = False,
 ) -> list[str]:
     """Run the bus demo on the dev stack, turning any failure into one line; the failed checks' names."""
     database_url = os.environ.get(DATABASE_ENV) or None
@@ -101,7 +115,7 @@ def run_bus_demo(
     failure = ""
     interrupted = False
     try:
-        failed = asyncio.run(_bus_demo(console, stack, fleet))
+        failed = asyncio.run(_bus_demo(console, stack, fleet, serve))
     except KeyboardInterrupt:
         interrupted = True
     except DevStackError as error:
@@ -127,7 +141,7 @@ def run_bus_demo(
     return failed
 
 
-async def _bus_demo(console: Console, stack: DevStack, fleet: Fleet) -> list[str]:
+async def _bus_demo(console: Console, stack: DevStack, fleet: Fleet, serve: bool) -> list[str]:
     """Start the dev stack, run the fleet's writer processes, show what was stored; the failed checks."""
     console.print(
         f"[bold]runevents demo[/]: {fleet.agents} agents x {fleet.runs_per_agent} runs (seed {fleet.seed}) "
@@ -143,6 +157,9 @@ async def _bus_demo(console: Console, stack: DevStack, fleet: Fleet) -> list[str
         summary, settled = await _write_with_progress(console, stack, fleet)
         async with stack.store() as store:
             checks = await _show_bus_fleet(console, store, summary, settled, fleet.processes)
+        if serve:
+            # The projectors keep running: what the viewer follows live is the projection as it is.
+            await serve_until_stopped(console, stack.store(), busiest_thread(summary))
         codes = await stack.stop_projectors()
     stopped = all(code == 0 for code in codes)
     shown = ", ".join(str(code) for code in codes)
@@ -159,6 +176,11 @@ async def _bus_demo(console: Console, stack: DevStack, fleet: Fleet) -> list[str
         console.print(f"[bold red]FAILED[/] after {total}: {', '.join(failed)}")
     else:
         console.print(f"[bold green]all {len(checks)} checks passed[/] in {total}: {', '.join(checks)}")
+    if not serve:
+        console.print(
+            "to browse these runs in the run viewer, keep the stack up: runevents demo --serve "
+            "(this one is gone now)"
+        )
     return failed
 
 
@@ -224,7 +246,7 @@ async def _show_bus_fleet(
         f"  {settled.published:,} records on the topic, {summary.receipts_repeated:,} of them repeated "
         f"receipts\n  that wrote nothing; projector lag at the end: [bold]{settled.lag:,} records[/]\n"
     )
-    thread = max(summary.events_by_thread, key=lambda t: (summary.events_by_thread[t], t))
+    thread = busiest_thread(summary)
     await print_messages(console, store, thread, summary.threads[thread])
     stored = {t: await _stored_thread(store, t, runs) for t, runs in summary.threads.items()}
     _print_bus_counts(console, summary, stored)

@@ -90,3 +90,8 @@ async def check_receipts(store: RunEventStore, summary: FleetSummary) -> tuple[b
     ok = all(count == 1 for count in per_run)
     verdict = "[green]exactly one each[/]" if ok else f"[red]counts {sorted(set(per_run))}[/]"
     return ok, f"run.delivery receipts across {len(per_run)} runs: {verdict}"
+
+
+def busiest_thread(summary: FleetSummary) -> str:
+    """The thread the fleet wrote most events to (the demo's sample thread)."""
+    return max(summary.events_by_thread, key=lambda t: (summary.events_by_thread[t], t))

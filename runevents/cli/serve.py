@@ -74,7 +74,7 @@ def serve(
     except (RunEventsError, ValueError, ImportError) as error:
         fail(f"cannot open the store: {error_line(error)}")
     try:
-        listener = _listen(host, port)
+        listener = listen_on(host, port)
     except OSError as error:
         fail(f"cannot listen on {_address(host, port)}: {error_line(error)}")
     if tokens is None and not _loopback(host):
@@ -84,7 +84,7 @@ def serve(
             err=True,
         )
     log_to_stderr(settings.log_level)
-    server = _Server(
+    server = StoppableServer(
         uvicorn.Config(
             create_app(opened, tokens=tokens, heartbeat_s=heartbeat),
             log_config=None,  # uvicorn's lines go through runevents' log handler, masked
@@ -112,7 +112,7 @@ def serve(
         raise typer.Exit(130)
 
 
-async def _serve(server: _Server, store: RunEventStore, listener: socket.socket, what: str) -> None:
+async def _serve(server: StoppableServer, store: RunEventStore, listener: socket.socket, what: str) -> None:
     """Check that the store answers, then serve until a signal stops the server."""
     try:
         # A wrong URL or a database that is down is one line now, not a 500 on every request later.
@@ -125,7 +125,7 @@ async def _serve(server: _Server, store: RunEventStore, listener: socket.socket,
     await server.serve(sockets=[listener])
 
 
-class _Server(uvicorn.Server):
+class StoppableServer(uvicorn.Server):
     """uvicorn's server, ending as runevents' other long commands do when a signal stops it."""
 
     stopped_by: int | None = None
@@ -147,7 +147,7 @@ class _Server(uvicorn.Server):
             self._captured_signals.clear()
 
 
-def _listen(host: str, port: int) -> socket.socket:
+def listen_on(host: str, port: int) -> socket.socket:
     """A socket bound to host:port, so that a port in use is one line before anything starts."""
     family, kind, protocol, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     listener = socket.socket(family, kind, protocol)

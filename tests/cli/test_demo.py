@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import os
 import re
+import signal
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 import orjson
 import pytest
 from sqlalchemy.engine import make_url
@@ -310,3 +315,41 @@ async def test_a_fleet_split_across_writers_writes_what_one_fleet_writes() -> No
         for r in await _all_events(store, split)
     }
     assert set(split.acknowledged) <= stored
+
+
+def test_bus_demo_serve_keeps_the_stack_up_for_the_viewer_until_ctrl_c(
+    postgres_url: str, kafka_bootstrap: str
+) -> None:
+    environment = {**os.environ, DATABASE_ENV: postgres_url, KAFKA_ENV: kafka_bootstrap, "COLUMNS": "200"}
+    command = [sys.executable, "-m", "runevents.cli", "demo", "--serve", "--agents", "2", "--runs-per-agent"]
+    demo = subprocess.Popen(
+        [*command, "2", "--writers", "1", "--partitions", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=environment,
+    )
+    try:
+        assert demo.stdout is not None
+        lines: list[str] = []
+        for line in demo.stdout:
+            lines.append(line)
+            if "run viewer at " in line:
+                break
+        viewer = re.search(r"run viewer at (http://127\.0\.0\.1:\d+)/#thread=(\S+)", "".join(lines))
+        assert viewer is not None, "".join(lines)
+        base, thread = viewer.groups()
+        assert "all 6 checks passed" not in "".join(lines)  # the checks come once the server stops
+        page = httpx.get(f"{base}/api/threads/{thread}/messages/page", params={"limit": 5}, timeout=10)
+        assert page.status_code == 200
+        assert [record["thread_id"] for record in page.json()["data"]] == [thread] * 5
+        demo.send_signal(signal.SIGINT)
+        rest = demo.communicate(timeout=60)[0]
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    assert demo.returncode == 0, rest
+    assert "2 projector processes stopped by SIGTERM: exit 0, 0, clean" in rest
+    assert "all 6 checks passed" in rest
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{base}/healthz", timeout=2)
