@@ -9,6 +9,7 @@ Routes (docs/http.md has the details and every difference from deer-flow's):
 - `GET /api/threads/{thread_id}/messages/seqs?ids=a,b` -> `{seqs: {id: seq}}`
 - `GET /api/threads/{thread_id}/stream?after_seq` -> Server-Sent Events (runevents/serve/stream.py)
 - `GET /healthz`, `GET /metrics`, `GET /openapi.json` (these three need no token)
+- `GET /`: the run viewer, a static page that reads the routes above (runevents/serve/viewer.py)
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from runevents.serve.metrics import HttpMetrics, RequestMetrics
 from runevents.serve.models import Health
 from runevents.serve.problems import invalid_query
 from runevents.serve.tokens import Tokens
+from runevents.serve.viewer import mount_viewer
 from runevents.store import RunEventStore
 
 log = logging.getLogger(__name__)
@@ -90,6 +92,7 @@ def create_app(store: RunEventStore, *, tokens: Tokens | None = None, heartbeat_
         response_class=Response,
         responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
     )
+    mount_viewer(app)
     return app
 
 
