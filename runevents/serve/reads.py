@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Final
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request, Response
 
 from runevents.events import MAX_ID_LENGTH
 from runevents.serve.access import ReaderDep, StoreDep, check_visible
@@ -22,7 +22,7 @@ from runevents.serve.models import (
     ThreadMessagesPage,
 )
 from runevents.serve.problems import invalid
-from runevents.serve.records import presented_all
+from runevents.serve.records import json_response, presented_all
 from runevents.store.arguments import MAX_SEQ
 
 # deer-flow's page bounds.
@@ -61,7 +61,7 @@ async def thread_messages_page(
     reader: ReaderDep,
     limit: PageLimit = 50,
     before_seq: BeforeSeq = None,
-) -> dict[str, Any]:
+) -> Response:
     """A backward page of the thread's messages by seq: the latest, or the last before `before_seq`."""
     if "after_seq" in request.query_params:
         # As deer-flow: a client that sends it expects a forward page, which this route never gives.
@@ -73,11 +73,13 @@ async def thread_messages_page(
     await check_visible(store, thread_id, reader, seen=bool(rows))
     has_more = len(rows) > limit
     data = rows[-limit:]
-    return {
-        "data": presented_all(data),
-        "has_more": has_more,
-        "next_before_seq": data[0]["seq"] if has_more else None,
-    }
+    return json_response(
+        {
+            "data": presented_all(data),
+            "has_more": has_more,
+            "next_before_seq": data[0]["seq"] if has_more else None,
+        }
+    )
 
 
 @router.get("/{thread_id}/runs/{run_id}/messages", response_model=RunMessagesPage)
@@ -89,7 +91,7 @@ async def run_messages(
     limit: PageLimit = 50,
     before_seq: BeforeSeq = None,
     after_seq: AfterSeq = None,
-) -> dict[str, Any]:
+) -> Response:
     """A page of one run's messages: the first after `after_seq`, else the last before `before_seq`."""
     rows = await store.list_messages_by_run(
         thread_id, run_id, limit=limit + 1, before_seq=before_seq, after_seq=after_seq, user_id=reader.user_id
@@ -98,7 +100,7 @@ async def run_messages(
     has_more = len(rows) > limit
     # The extra row lies past the page's far end: after it when paging forward, else before it.
     data = rows[:limit] if after_seq is not None else rows[-limit:]
-    return {"data": presented_all(data), "has_more": has_more}
+    return json_response({"data": presented_all(data), "has_more": has_more})
 
 
 @router.get("/{thread_id}/runs/{run_id}/events", response_model=list[StoredRecord])
@@ -113,7 +115,7 @@ async def run_events(
     task_id: Annotated[str | None, Query(description="Only records whose metadata.task_id is this")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_EVENTS, description="Records at most")] = 500,
     after_seq: AfterSeq = None,
-) -> list[dict[str, Any]]:
+) -> Response:
     """Every record of one run (debug and audit), ascending; the filters apply before `limit`."""
     types = event_types.split(",") if event_types else None
     rows = await store.list_events(
@@ -126,15 +128,15 @@ async def run_events(
         user_id=reader.user_id,
     )
     await check_visible(store, thread_id, reader, seen=bool(rows))
-    return presented_all(rows)
+    return json_response(presented_all(rows))
 
 
 @router.get("/{thread_id}/messages/count", response_model=MessageCount)
-async def message_count(thread_id: ThreadId, store: StoreDep, reader: ReaderDep) -> dict[str, Any]:
+async def message_count(thread_id: ThreadId, store: StoreDep, reader: ReaderDep) -> Response:
     """How many message records the thread holds."""
     count = await store.count_messages(thread_id, user_id=reader.user_id)
     await check_visible(store, thread_id, reader, seen=count > 0)
-    return {"count": count}
+    return json_response({"count": count})
 
 
 @router.get("/{thread_id}/messages/seqs", response_model=MessageSeqs)
@@ -149,9 +151,9 @@ async def message_seqs(
             "`ids=a,b` or `ids=a&ids=b`"
         ),
     ],
-) -> dict[str, Any]:
+) -> Response:
     """The seq of the earliest message record carrying each message id: where a message sits in the feed."""
     wanted = [part for value in ids for part in value.split(",") if part]
     seqs = await store.get_message_seqs(thread_id, wanted, user_id=reader.user_id)
     await check_visible(store, thread_id, reader, seen=bool(seqs))
-    return {"seqs": seqs}
+    return json_response({"seqs": seqs})

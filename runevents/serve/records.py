@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 import orjson
+from fastapi import Response
 
 from runevents.events import Record
 
@@ -28,6 +29,15 @@ def presented(record: Record) -> Record:
 def presented_all(records: list[Record]) -> list[Record]:
     """`presented` of each record."""
     return [presented(record) for record in records]
+
+
+def json_response(value: Any) -> Response:
+    """`value` as a JSON response, encoded once by orjson.
+
+    The routes' records are the store's, already JSON values: FastAPI's validation against the response
+    models and its encoder cost more than the read itself. The models stay in the OpenAPI document.
+    """
+    return Response(orjson.dumps(value), media_type="application/json")
 
 
 def sse_json(value: Any) -> str:
