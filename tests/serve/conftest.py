@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import itertools
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
+from runevents.bus.projector import Projector
+from runevents.bus.topic import create_topic
 from runevents.serve import Tokens, create_app
 from runevents.store import open_store
 from runevents.tables.migrate import upgrade_async
+from tests.backends.registry import ProjectorThread, run_aside
 from tests.serve.live import LiveServer
 
-# The backends served in these tests: in-process memory and JSONL, and sql on the session's PostgreSQL.
-BACKENDS = ("memory", "jsonl", "sql")
+# The backends served in these tests: in-process memory and JSONL, sql on the session's PostgreSQL, and
+# the bus on the session's broker with a projector beside the test.
+BACKENDS = ("memory", "jsonl", "sql", "bus")
+BUS_PARTITIONS = 3
 
 ALICE = "alice-0123456789-token"
 BOB = "bob-0123456789abc-token"
@@ -47,8 +54,29 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield "memory://"
     elif request.param == "jsonl":
         yield f"jsonl://{tmp_path / 'events'}"
-    else:
+    elif request.param == "sql":
         yield request.getfixturevalue("pg_database")
+    else:
+        yield from _bus_url(request)
+
+
+def _bus_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A kafka:// URL of a fresh topic and database, with a projector applying the topic meanwhile."""
+    database: str = request.getfixturevalue("pg_database")
+    bootstrap: str = request.getfixturevalue("kafka_bootstrap")
+    topic = f"serve-{uuid.uuid4().hex[:12]}"
+    run_aside(upgrade_async(database))
+    run_aside(_create_topic(bootstrap, topic))
+    projector = ProjectorThread(Projector(bootstrap, database, topic=topic, partitions=range(BUS_PARTITIONS)))
+    projector.start()
+    try:
+        yield f"kafka://{bootstrap}/{topic}?database={quote(database, safe='')}"
+    finally:
+        projector.stop()
+
+
+async def _create_topic(bootstrap: str, topic: str) -> None:
+    assert await create_topic(bootstrap, topic, partitions=BUS_PARTITIONS)
 
 
 async def serve(url: str, *, tokens: Tokens | None) -> LiveServer:
