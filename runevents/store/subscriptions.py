@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection, Iterable, Iterator
-from typing import Final
+from typing import Final, Generic, TypeVar
 
 from runevents.errors import ThreadDeletedError
 from runevents.events import Record
@@ -87,6 +87,45 @@ class Doorbells:
 
     def __bool__(self) -> bool:
         return bool(self._by_thread)
+
+
+Key = TypeVar("Key")
+Result = TypeVar("Result")
+
+
+class SharedReads(Generic[Key, Result]):
+    """Reads asked for at once with the same arguments, sent once.
+
+    The subscriptions a notification wakes all read the same thread after the same seq: one query for
+    all of them instead of one each. A read joins another only before that one's query goes out, and
+    every joiner has cleared its doorbell before it joins, so the query sees every commit any of them
+    was woken for.
+    """
+
+    def __init__(self) -> None:
+        self._forming: dict[Key, asyncio.Task[Result]] = {}
+
+    async def read(self, key: Key, fetch: Callable[[], Awaitable[Result]]) -> Result:
+        """`fetch()`'s result, shared with the callers of the same `key` in this turn of the loop."""
+        task = self._forming.get(key)
+        if task is None:
+            task = asyncio.ensure_future(self._after_joiners(key, fetch))
+            task.add_done_callback(_retrieved)
+            self._forming[key] = task
+        # Shielded: a subscription that stops does not cancel the read of those still waiting on it.
+        return await asyncio.shield(task)
+
+    async def _after_joiners(self, key: Key, fetch: Callable[[], Awaitable[Result]]) -> Result:
+        # One turn of the loop for the subscriptions woken with the first to join it.
+        await asyncio.sleep(0)
+        del self._forming[key]
+        return await fetch()
+
+
+def _retrieved(task: asyncio.Task[Result]) -> None:
+    # Every caller may have stopped waiting; the failure is theirs to see, not the loop's to report.
+    if not task.cancelled():
+        task.exception()
 
 
 # A backend's read of a thread's records after a seq: (thread, after_seq, limit, run, categories, user).

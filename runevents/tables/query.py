@@ -23,7 +23,7 @@ from runevents.events import (
     utc_iso,
 )
 from runevents.store.base import RunEventStore
-from runevents.store.subscriptions import Doorbell, Doorbells, follow, watching
+from runevents.store.subscriptions import Doorbell, Doorbells, SharedReads, follow, watching
 from runevents.tables import migrate
 from runevents.tables.failures import DATABASE_ERRORS, ReadFailedError, reason_of
 from runevents.tables.listener import ThreadListener
@@ -95,6 +95,7 @@ class ReadTablesStore(RunEventStore):
     # Without LISTEN, how often a subscription looks by itself for other processes' writes.
     _subscription_poll_s: Final = 0.5
     _doorbells_of_store: Doorbells | None = None
+    _shared_reads: SharedReads[tuple[Any, ...], list[Any]] | None = None
 
     @property
     def _doorbells(self) -> Doorbells:
@@ -138,12 +139,25 @@ class ReadTablesStore(RunEventStore):
         categories: Collection[str] | None,
         user_id: str | None,
     ) -> list[Record]:
-        statement = select(*RECORD_COLUMNS).where(_e.thread_id == thread_id, _e.seq > after_seq)
+        statement: Select[Any] = select(*RECORD_COLUMNS).where(_e.thread_id == thread_id, _e.seq > after_seq)
         if run_id is not None:
             statement = statement.where(_e.run_id == run_id)
         if categories is not None:
             statement = statement.where(_e.category.in_(sorted(categories)))
-        return await self._records(_scoped(statement, user_id).order_by(_e.seq.asc()).limit(limit))
+        statement = _scoped(statement, user_id).order_by(_e.seq.asc()).limit(limit)
+        if self._shared_reads is None:
+            self._shared_reads = SharedReads()
+        key = (
+            thread_id,
+            after_seq,
+            limit,
+            run_id,
+            None if categories is None else frozenset(categories),
+            user_id,
+        )
+        rows = await self._shared_reads.read(key, lambda: self._rows(statement))
+        # Records of their own for each subscription: what one caller does to a record, no other sees.
+        return [row_to_record(row) for row in rows]
 
     async def _thread_last_seq(self, thread_id: str) -> int:
         """The thread's seq counter (0 for a thread that has none)."""

@@ -87,7 +87,15 @@ class ProjectorProcess:
     def ended(self, how: signal.Signals, *, within_s: float = 60) -> int:
         """Send `how`, wait for the process to end and its output to be read; its exit code."""
         self.process.send_signal(how)
-        code = self.process.wait(timeout=within_s)
+        try:
+            code = self.process.wait(timeout=within_s)
+        except subprocess.TimeoutExpired:
+            # What it was doing when it did not stop is the only clue there will be: kill it, say it.
+            self.wait_killed()
+            raise AssertionError(
+                f"{self.name} did not end within {within_s} s of {how.name}; its last lines:\n"
+                + "\n".join(self.output().splitlines()[-40:])
+            ) from None
         self._reader.join(timeout=10)
         return code
 
