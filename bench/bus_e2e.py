@@ -36,11 +36,12 @@ from sqlalchemy.engine import URL
 
 from bench.events import COLUMNS, make_event, table_row
 from bench.machine import load
-from bench.postgres import libpq_dsn, postgres_server, scratch_database
+from bench.postgres import postgres_server, scratch_database
 from runevents.bus.store import BusRunEventStore
 from runevents.bus.topic import create_topic
 from runevents.devstack.broker import LocalBroker
 from runevents.heap import HEAP_TOP_PAD
+from runevents.tables.writes import libpq_dsn
 
 KAFKA_ENV: Final = "RUNEVENTS_BENCH_KAFKA"
 PARTITIONS: Final = 12

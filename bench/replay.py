@@ -41,12 +41,13 @@ from bench.bus_e2e import (
     with_copy_table,
 )
 from bench.machine import load
-from bench.postgres import libpq_dsn, postgres_server
+from bench.postgres import postgres_server
 from runevents.bus.store import BusRunEventStore
 from runevents.bus.topic import create_topic
 from runevents.ops.backfill import backfill
 from runevents.ops.backfill_sources import JsonlSource
 from runevents.ops.replay import replay
+from runevents.tables.writes import libpq_dsn
 
 
 @dataclass(frozen=True)

@@ -33,9 +33,10 @@ from sqlalchemy.engine import URL
 
 from bench.events import make_event
 from bench.machine import load
-from bench.postgres import libpq_dsn, postgres_server, scratch_database
+from bench.postgres import postgres_server, scratch_database
 from runevents.tables.notify import THREADS_CHANNEL
 from runevents.tables.sql import SqlRunEventStore
+from runevents.tables.writes import libpq_dsn
 
 HOST: Final = "127.0.0.1"
 CLIENT_PROCESSES: Final = 2

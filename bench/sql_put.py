@@ -28,8 +28,9 @@ from bench import deerflow_store
 from bench.deerflow_store import DeerFlowStore
 from bench.events import COLUMNS, Event, make_event, table_row
 from bench.machine import load
-from bench.postgres import libpq_dsn, postgres_server, scratch_database
+from bench.postgres import postgres_server, scratch_database
 from runevents.tables.sql import SqlRunEventStore
+from runevents.tables.writes import libpq_dsn
 
 BATCH: Final = 100
 BATCH_THREADS: Final = 1_000

@@ -26,10 +26,11 @@ from sqlalchemy.engine import URL
 
 from bench.events import COLUMNS, make_event, table_row
 from bench.machine import load
-from bench.postgres import libpq_dsn, postgres_server, scratch_database
+from bench.postgres import postgres_server, scratch_database
 from runevents.events import MESSAGE_CATEGORY
 from runevents.tables.schema import run_events
 from runevents.tables.sql import SqlRunEventStore
+from runevents.tables.writes import libpq_dsn
 
 PAGE: Final = 50
 SHALLOW_DEPTH: Final = 1_000

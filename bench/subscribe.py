@@ -27,11 +27,12 @@ from sqlalchemy.engine import URL
 from bench.bus_e2e import PARTITIONS, PROJECTORS, broker, projectors
 from bench.events import make_event
 from bench.machine import load
-from bench.postgres import libpq_dsn, postgres_server, scratch_database
+from bench.postgres import postgres_server, scratch_database
 from runevents.bus.store import BusRunEventStore
 from runevents.bus.topic import create_topic
 from runevents.store.base import RunEventStore
 from runevents.tables.sql import SqlRunEventStore
+from runevents.tables.writes import libpq_dsn
 
 SAMPLES: Final = 500
 QUICK_SAMPLES: Final = 50

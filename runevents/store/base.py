@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import abc
+import contextlib
+import functools
 from collections.abc import AsyncGenerator, Collection, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
@@ -10,6 +12,7 @@ from typing import Any, Self
 from runevents.errors import InvalidEventError
 from runevents.events import MAX_INDEXED_MESSAGE_ID, Content, Record
 from runevents.store.arguments import check_id, check_names, check_page, check_text, check_user
+from runevents.store.subscriptions import Doorbell, Doorbells, follow, watching
 
 
 class RunEventStore(abc.ABC):
@@ -161,8 +164,17 @@ class RunEventStore(abc.ABC):
         if categories is not None:
             check_names("categories", categories)
         check_user(user_id)
-        return self._subscribe(
-            thread_id, after_seq, run_id, None if categories is None else frozenset(categories), user_id
+        kept = None if categories is None else frozenset(categories)
+        return follow(
+            self._watch(thread_id),
+            self._records_after,
+            thread_id,
+            after_seq,
+            run_id,
+            kept,
+            user_id,
+            last_seq=self._thread_last_seq,
+            poll_s=self._subscription_poll_s(),
         )
 
     async def delete_by_thread(self, thread_id: str) -> int:
@@ -224,16 +236,34 @@ class RunEventStore(abc.ABC):
     async def _count_messages(self, thread_id: str, user_id: str | None) -> int:
         """`count_messages` of checked arguments."""
 
+    @functools.cached_property
+    def _doorbells(self) -> Doorbells:
+        """The doorbells this store's own writes ring: its subscriptions in this process."""
+        return Doorbells()
+
+    def _watch(self, thread_id: str) -> contextlib.AbstractAsyncContextManager[Doorbell]:
+        """A doorbell rung when `thread_id` may have new records readable here (by this store's writes)."""
+        return watching(self._doorbells, thread_id)
+
+    def _subscription_poll_s(self) -> float | None:
+        """How often a subscription looks by itself, for writes no doorbell tells of (None: never)."""
+        return None
+
+    async def _thread_last_seq(self, thread_id: str) -> int | None:
+        """The thread's seq counter, if the backend can tell it (to notice a delete it was not told of)."""
+        return None
+
     @abc.abstractmethod
-    def _subscribe(
+    async def _records_after(
         self,
         thread_id: str,
         after_seq: int,
+        limit: int,
         run_id: str | None,
-        categories: frozenset[str] | None,
+        categories: Collection[str] | None,
         user_id: str | None,
-    ) -> AsyncGenerator[Record, None]:
-        """`subscribe` of checked arguments."""
+    ) -> list[Record]:
+        """The first `limit` records of a thread after `after_seq` that pass the filters (for subscribe)."""
 
     @abc.abstractmethod
     async def _delete_thread(self, thread_id: str) -> int:

@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncGenerator, Collection
-from functools import cached_property
+from collections.abc import Collection
 
 from runevents.events import Record
 from runevents.store.base import RunEventStore
-from runevents.store.subscriptions import Doorbells, follow, watching
 from runevents.store.thread_log import ThreadLog
 
 
 class ThreadLogStore(RunEventStore):
     """A store whose reads are answered from a `ThreadLog` per thread; subclasses say how to get one."""
-
-    @cached_property
-    def _doorbells(self) -> Doorbells:
-        # Writes happen in this process only (one process per store), so they ring here directly.
-        return Doorbells()
 
     @abc.abstractmethod
     async def _read_log(self, thread_id: str) -> ThreadLog:
@@ -70,17 +63,6 @@ class ThreadLogStore(RunEventStore):
     async def _count_messages(self, thread_id: str, user_id: str | None) -> int:
         log = await self._read_log(thread_id)
         return log.count_messages(user_id)
-
-    def _subscribe(
-        self,
-        thread_id: str,
-        after_seq: int,
-        run_id: str | None,
-        categories: frozenset[str] | None,
-        user_id: str | None,
-    ) -> AsyncGenerator[Record, None]:
-        watch = watching(self._doorbells, thread_id)
-        return follow(watch, self._records_after, thread_id, after_seq, run_id, categories, user_id)
 
     async def _records_after(
         self,

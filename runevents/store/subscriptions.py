@@ -141,7 +141,7 @@ async def follow(
     categories: Collection[str] | None,
     user_id: str | None,
     *,
-    last_seq: Callable[[str], Awaitable[int]] | None = None,
+    last_seq: Callable[[str], Awaitable[int | None]] | None = None,
     poll_s: float | None = None,
 ) -> AsyncGenerator[Record, None]:
     """The records of a thread after `after_seq`, then each new one; ends with `ThreadDeletedError`.
@@ -157,7 +157,8 @@ async def follow(
             if bell.resync and last_seq is not None:
                 bell.resync = False
                 # seq only goes back when the thread was deleted (delete_by_run never reuses one).
-                if await last_seq(thread_id) < last:
+                counter = await last_seq(thread_id)
+                if counter is not None and counter < last:
                     raise ThreadDeletedError(thread_id)
             bell.clear()
             page = await read_after(thread_id, last, PAGE, run_id, categories, user_id)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, Collection
+from collections.abc import Awaitable, Collection
 from datetime import UTC
 from typing import Any, Final
 
@@ -23,13 +23,15 @@ from runevents.events import (
     utc_iso,
 )
 from runevents.store.base import RunEventStore
-from runevents.store.subscriptions import Doorbell, Doorbells, SharedReads, follow, watching
+from runevents.store.subscriptions import Doorbell, SharedReads, watching
 from runevents.tables import migrate
 from runevents.tables.failures import DATABASE_ERRORS, ReadFailedError, reason_of
 from runevents.tables.listener import ThreadListener
 from runevents.tables.schema import STR, run_events, thread_counters
 
 _e = run_events.c
+# Without LISTEN (SQLite), how often a subscription looks by itself for other processes' writes.
+UNNOTIFIED_POLL_S: Final = 0.5
 # A literal, not a bound parameter: a generic plan could not match the partial message indexes
 # (`WHERE category = 'message'`) against a parameter.
 IS_MESSAGE: Final = _e.category == literal_column(f"'{MESSAGE_CATEGORY}'")
@@ -92,17 +94,7 @@ class ReadTablesStore(RunEventStore):
     _schema_lock: asyncio.Lock | None = None
     # The DSN whose thread notifications subscriptions listen to (PostgreSQL); None: no LISTEN (SQLite).
     _listen_dsn: str | None = None
-    # Without LISTEN, how often a subscription looks by itself for other processes' writes.
-    _subscription_poll_s: Final = 0.5
-    _doorbells_of_store: Doorbells | None = None
     _shared_reads: SharedReads[tuple[Any, ...], list[Any]] | None = None
-
-    @property
-    def _doorbells(self) -> Doorbells:
-        """The doorbells this store's own writes ring (subscriptions in this process)."""
-        if self._doorbells_of_store is None:
-            self._doorbells_of_store = Doorbells()
-        return self._doorbells_of_store
 
     def _watch(self, thread_id: str) -> contextlib.AbstractAsyncContextManager[Doorbell]:
         """A doorbell rung when `thread_id` may have new records readable here."""
@@ -110,25 +102,8 @@ class ReadTablesStore(RunEventStore):
             return ThreadListener.watch(self._listen_dsn, self._schema, thread_id)
         return watching(self._doorbells, thread_id)
 
-    def _subscribe(
-        self,
-        thread_id: str,
-        after_seq: int,
-        run_id: str | None,
-        categories: frozenset[str] | None,
-        user_id: str | None,
-    ) -> AsyncGenerator[Record, None]:
-        return follow(
-            self._watch(thread_id),
-            self._records_after,
-            thread_id,
-            after_seq,
-            run_id,
-            categories,
-            user_id,
-            last_seq=self._thread_last_seq,
-            poll_s=None if self._listen_dsn is not None else self._subscription_poll_s,
-        )
+    def _subscription_poll_s(self) -> float | None:
+        return None if self._listen_dsn is not None else UNNOTIFIED_POLL_S
 
     async def _records_after(
         self,
@@ -139,12 +114,17 @@ class ReadTablesStore(RunEventStore):
         categories: Collection[str] | None,
         user_id: str | None,
     ) -> list[Record]:
-        statement: Select[Any] = select(*RECORD_COLUMNS).where(_e.thread_id == thread_id, _e.seq > after_seq)
-        if run_id is not None:
-            statement = statement.where(_e.run_id == run_id)
-        if categories is not None:
-            statement = statement.where(_e.category.in_(sorted(categories)))
-        statement = _scoped(statement, user_id).order_by(_e.seq.asc()).limit(limit)
+        def fetch() -> Awaitable[list[Any]]:
+            # Built by the one read that goes out, not by each subscription that joins it.
+            statement: Select[Any] = select(*RECORD_COLUMNS).where(
+                _e.thread_id == thread_id, _e.seq > after_seq
+            )
+            if run_id is not None:
+                statement = statement.where(_e.run_id == run_id)
+            if categories is not None:
+                statement = statement.where(_e.category.in_(sorted(categories)))
+            return self._rows(_scoped(statement, user_id).order_by(_e.seq.asc()).limit(limit))
+
         if self._shared_reads is None:
             self._shared_reads = SharedReads()
         key = (
@@ -155,7 +135,7 @@ class ReadTablesStore(RunEventStore):
             None if categories is None else frozenset(categories),
             user_id,
         )
-        rows = await self._shared_reads.read(key, lambda: self._rows(statement))
+        rows = await self._shared_reads.read(key, fetch)
         # Records of their own for each subscription: what one caller does to a record, no other sees.
         return [row_to_record(row) for row in rows]
 
