@@ -10,7 +10,7 @@ import secrets
 import signal
 import socket
 import sys
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Annotated, Final
 
@@ -99,9 +99,10 @@ def serve(
     )
     auth = "off" if tokens is None else f"on, {len(tokens)} token(s)"
     try:
-        asyncio.run(
-            _serve(server, opened, listener, f"{shown} on http://{_address(host, port)} (auth {auth})")
-        )
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(
+                _serve(server, opened, listener, f"{shown} on http://{_address(host, port)} (auth {auth})")
+            )
     # SQLAlchemyError and OSError: the store's database refused or did not answer its first read.
     except (RunEventsError, SQLAlchemyError, OSError, ValueError, ImportError) as error:
         reason = error_line(error)
@@ -113,6 +114,16 @@ def serve(
         listener.close()
     if server.stopped_by == signal.SIGINT:
         raise typer.Exit(130)
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop where it is installed (not on Windows), else asyncio's own."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    # Fan-out is the event loop's work: one write wakes every stream of its thread.
+    return uvloop.new_event_loop
 
 
 async def _serve(server: StoppableServer, store: RunEventStore, listener: socket.socket, what: str) -> None:
