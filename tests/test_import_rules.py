@@ -82,6 +82,10 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "runevents.ops": (*_CORE, "runevents.retrying", "runevents.metrics"),
     # The HTTP service reads through the contract only: any store, no backend of its own.
     "runevents.serve": (*_BASE, "runevents.events", "runevents.store"),
+    # The deer-flow drop-in builds any backend from deer-flow's configuration, settings included.
+    "runevents.deerflow": (*_CORE, "runevents.settings"),
+    # Token usage off the topic: its own consumer group, the projector's offset rule, its own tables.
+    "runevents.usage": (*_CORE, "runevents.retrying", "runevents.metrics"),
     "runevents.devstack": (*_CORE, "runevents.heap"),
     "runevents.cli": ("runevents",),
 }

@@ -7,6 +7,7 @@ database without an alembic.ini: the Alembic `Config` is built here, in code.
 from __future__ import annotations
 
 import asyncio
+import threading
 from functools import cache
 from pathlib import Path
 from typing import Final
@@ -21,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from runevents.errors import SchemaOutdatedError
 
 MIGRATIONS_DIR: Final = Path(__file__).resolve().parent / "migrations"
+_ONE_AT_A_TIME: Final = threading.Lock()
 
 
 def alembic_config(url: str, *, schema: str | None = None) -> Config:
@@ -46,7 +48,10 @@ def upgrade(url: str, *, schema: str | None = None, revision: str = "head") -> N
     else:
         # env.py runs the revisions with asyncio.run, which cannot nest in a running loop.
         raise RuntimeError("migrate.upgrade() is synchronous; from async code, await upgrade_async()")
-    command.upgrade(alembic_config(url, schema=schema), revision)
+    # Alembic keeps the running migration's context in module globals: one upgrade at a time per
+    # process (processes take turns through an advisory lock in env.py).
+    with _ONE_AT_A_TIME:
+        command.upgrade(alembic_config(url, schema=schema), revision)
 
 
 async def upgrade_async(url: str, *, schema: str | None = None, revision: str = "head") -> None:

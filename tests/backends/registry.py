@@ -13,10 +13,15 @@ from typing import Any
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
+from runevents import deerflow
 from runevents.bus.projector import Projector
 from runevents.bus.store import BusRunEventStore
 from runevents.bus.topic import create_topic
+from runevents.deerflow.classes import RUNEVENTS_SQLITE_FILE
+from runevents.deerflow.config import DEFAULT_SCHEMA
+from runevents.deerflow.users import Users
 from runevents.store import JsonlRunEventStore, MemoryRunEventStore, RunEventStore
 from runevents.tables.sql import SqlRunEventStore, engine_for
 
@@ -56,13 +61,15 @@ def run_aside(work: Coroutine[Any, Any, None]) -> None:
         raise failure[0]
 
 
-async def _empty_tables(url: str) -> None:
+async def _empty_tables(url: str, schema: str = "public") -> None:
     engine = engine_for(url)
+    tables = ", ".join(
+        f"{schema}.{table}"
+        for table in ("run_events", "thread_counters", "projection_offsets", "op_results", "dead_letters")
+    )
     try:
         async with engine.begin() as connection:
-            await connection.execute(
-                text("TRUNCATE run_events, thread_counters, projection_offsets, op_results, dead_letters")
-            )
+            await connection.execute(text(f"TRUNCATE {tables}"))
     finally:
         await engine.dispose()
 
@@ -153,10 +160,66 @@ async def _create_topic(bootstrap: str, topic: str) -> None:
     await create_topic(bootstrap, topic, partitions=BUS_PARTITIONS)
 
 
+# deer-flow's drop-in classes (runevents.deerflow) over the backends, as a deer-flow deployment
+# switched to runevents builds them: no deer-flow importable (so no current user: runevents' own
+# scoping), and the DB markers off (they add keys to metadata by design; tests/deerflow covers them).
+NO_DEERFLOW = Users(None)
+
+
+def deerflow_memory_backend(directory: Path, request: pytest.FixtureRequest) -> Backend:
+    """deer-flow's `MemoryRunEventStore()`, from the drop-in."""
+    return Backend(
+        "deerflow+memory", lambda **o: deerflow.MemoryRunEventStore(users=NO_DEERFLOW, **o), persistent=False
+    )
+
+
+def deerflow_jsonl_backend(directory: Path, request: pytest.FixtureRequest) -> Backend:
+    """deer-flow's `JsonlRunEventStore(base_dir=...)`, from the drop-in."""
+    return Backend(
+        "deerflow+jsonl",
+        lambda **o: deerflow.JsonlRunEventStore(base_dir=directory, users=NO_DEERFLOW, **o),
+        persistent=True,
+    )
+
+
+def _deerflow_db(url: str) -> Callable[..., RunEventStore]:
+    """`DbRunEventStore(session_factory)` on deer-flow's engine at `url` (the tables already migrated)."""
+    sessions = async_sessionmaker(create_async_engine(url))  # never connected: nothing to dispose
+
+    def open_db(**options: Any) -> RunEventStore:
+        options.setdefault("max_trace_content", None)
+        return deerflow.DbRunEventStore(
+            sessions, migrate=False, content_markers=False, users=NO_DEERFLOW, **options
+        )
+
+    return open_db
+
+
+def deerflow_sqlite_backend(directory: Path, request: pytest.FixtureRequest) -> Backend:
+    """deer-flow's DB store on SQLite: runevents' tables in the file beside deer-flow's."""
+    template: Path = request.getfixturevalue("migrated_sqlite_template")
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(template, directory / RUNEVENTS_SQLITE_FILE)
+    url = f"sqlite+aiosqlite:///{directory / 'deerflow.db'}"
+    return Backend("deerflow+db-sqlite", _deerflow_db(url), persistent=True)
+
+
+def deerflow_postgresql_backend(directory: Path, request: pytest.FixtureRequest) -> Backend:
+    """deer-flow's DB store on PostgreSQL: runevents' tables in schema `runevents`, emptied first."""
+    url: str = request.getfixturevalue("migrated_postgres_url")
+    request.getfixturevalue("migrated_deerflow_schema")
+    run_aside(_empty_tables(url, schema=DEFAULT_SCHEMA))
+    return Backend("deerflow+db-postgresql", _deerflow_db(url), persistent=True)
+
+
 BACKENDS: dict[str, Callable[[Path, pytest.FixtureRequest], Backend]] = {
     "memory": memory_backend,
     "jsonl": jsonl_backend,
     "sql+sqlite": sqlite_backend,
     "sql+postgresql": postgresql_backend,
     "bus": bus_backend,
+    "deerflow+memory": deerflow_memory_backend,
+    "deerflow+jsonl": deerflow_jsonl_backend,
+    "deerflow+db-sqlite": deerflow_sqlite_backend,
+    "deerflow+db-postgresql": deerflow_postgresql_backend,
 }

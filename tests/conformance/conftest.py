@@ -10,6 +10,7 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
+from runevents.deerflow.config import DEFAULT_SCHEMA
 from runevents.store import RunEventStore
 from runevents.tables.migrate import upgrade
 from tests.backends.registry import BACKENDS, Backend, run_aside
@@ -42,6 +43,13 @@ def migrated_postgres_url(postgres_url: str) -> str:
     url = server.set(database=name).render_as_string(hide_password=False)
     upgrade(url)
     return url
+
+
+@pytest.fixture(scope="session")
+def migrated_deerflow_schema(migrated_postgres_url: str) -> str:
+    """The read tables in schema `runevents` of the suite's database, where deer-flow's DB store puts them."""
+    upgrade(migrated_postgres_url, schema=DEFAULT_SCHEMA)
+    return DEFAULT_SCHEMA
 
 
 @pytest.fixture(params=sorted(BACKENDS))

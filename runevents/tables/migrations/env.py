@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 
 from alembic import context
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.schema import CreateSchema
 
@@ -50,6 +51,21 @@ def run_migrations_offline() -> None:
 def do_run_migrations(connection: Connection) -> None:
     """Run the pending revisions on one connection, in one transaction."""
     schema = _schema()
+    if connection.dialect.name == "postgresql":
+        # Many processes may upgrade at once (deer-flow's gateway workers each migrate at startup): one
+        # at a time, each looking at the version table only once the one before it has committed.
+        connection.execute(text("SELECT pg_advisory_lock(hashtext('runevents db upgrade'))"))
+        connection.commit()  # the lock is the session's; Alembic must begin a transaction of its own
+    try:
+        _migrate(connection, schema)
+    finally:
+        if connection.dialect.name == "postgresql":
+            connection.rollback()  # the lock is the session's: it outlives a failed transaction
+            connection.execute(text("SELECT pg_advisory_unlock(hashtext('runevents db upgrade'))"))
+            connection.commit()
+
+
+def _migrate(connection: Connection, schema: str | None) -> None:
     if schema is not None:
         connection.execute(CreateSchema(schema, if_not_exists=True))
         # Committed before Alembic looks: it would take an open transaction for the caller's and not commit.

@@ -1,0 +1,1 @@
+"""A test stand-in for deer-flow's package (see ../README.md)."""
