@@ -1,13 +1,16 @@
-"""deer-flow's modules for the drop-in's tests: the stand-in, or the real ones from a checkout.
+"""deer-flow's modules for the drop-in's tests: the stand-in, or deer-flow's own user context.
 
-`RUNEVENTS_DEERFLOW_SRC=/path/to/deer-flow` (a checkout of bytedance/deer-flow whose dependencies are
-installed) runs each test that takes `deerflow` a second time against deer-flow's own modules;
-without it that variant is skipped, and a checkout that does not import fails.
+`RUNEVENTS_DEERFLOW_SRC=/path/to/deer-flow` (a checkout of bytedance/deer-flow) runs each test that
+takes `deerflow` a second time with deer-flow's own `runtime/user_context.py`, loaded from the
+checkout by itself: deer-flow's packages import its whole runtime (LangGraph, LangChain, and Python
+3.12 or later), which the module needs none of. The engine stays the stand-in's. Without the variable
+that variant is skipped; with it, a checkout that does not load fails.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import sys
 from collections.abc import Iterator
@@ -21,6 +24,7 @@ import pytest
 STAND_IN = Path(__file__).parent / "stand_in"
 SOURCE_ENV = "RUNEVENTS_DEERFLOW_SRC"
 HARNESS = Path("backend/packages/harness")
+USER_CONTEXT = "deerflow.runtime.user_context"
 
 
 def _forget_deerflow() -> None:
@@ -31,19 +35,29 @@ def _forget_deerflow() -> None:
 @pytest.fixture(params=["stand-in", "deer-flow"])
 def deerflow(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
     """deer-flow's `user_context` module, importable as deer-flow's code imports it."""
-    if request.param == "stand-in":
-        root = STAND_IN
-    else:
-        source = os.environ.get(SOURCE_ENV)
-        if not source:
-            pytest.skip(f"{SOURCE_ENV} is not set: deer-flow's own modules are not here")
-        root = Path(source) / HARNESS
-    monkeypatch.syspath_prepend(str(root))
+    source = os.environ.get(SOURCE_ENV)
+    if request.param == "deer-flow" and not source:
+        pytest.skip(f"{SOURCE_ENV} is not set: deer-flow's own user context is not here")
+    monkeypatch.syspath_prepend(str(STAND_IN))
     _forget_deerflow()
     try:
-        yield importlib.import_module("deerflow.runtime.user_context")
+        if request.param == "deer-flow":
+            assert source is not None
+            _load_as(USER_CONTEXT, Path(source) / HARNESS / "deerflow/runtime/user_context.py")
+        yield importlib.import_module(USER_CONTEXT)
     finally:
         _forget_deerflow()
+
+
+def _load_as(name: str, path: Path) -> None:
+    """Load the file at `path` as module `name` (its parent packages: the stand-in's)."""
+    importlib.import_module(name.rsplit(".", 1)[0])
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
 
 
 @pytest.fixture
