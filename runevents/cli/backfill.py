@@ -1,4 +1,5 @@
-"""`runevents backfill`: import history onto the topic, with progress and a summary of what became of it."""
+"""`runevents backfill`: import history onto the topic (or straight into the read tables), with progress
+and a summary of what became of it."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from runevents.masking import mask_secrets
 from runevents.ops import backfill as ops
 from runevents.ops.backfill_sources import open_source
 from runevents.settings import Settings
+from runevents.tables.sql import SqlRunEventStore
 
 SHOWN_REJECTED: Final = 20
 SOME_REJECTED: Final = 2  # the exit status of a backfill that imported all but the rejected records
@@ -57,6 +59,14 @@ def backfill(
     batch: Annotated[
         int, typer.Option(min=1, help="Records published per acknowledged batch.")
     ] = ops.DEFAULT_BATCH,
+    direct: Annotated[
+        bool,
+        typer.Option(
+            "--direct",
+            help="Write into the --database tables directly, as the sql backend writes (no broker; "
+            "SQLite too), instead of publishing onto the topic.",
+        ),
+    ] = False,
 ) -> None:
     """Publish history onto the topic, each thread in its original order, for the projectors to apply.
 
@@ -67,20 +77,32 @@ def backfill(
     on; with --strict the backfill stops there. Exit status: 0 all imported or skipped, 2 some
     rejected, 1 could not run (or stopped by --strict), 130 stopped by Ctrl-C (run it again to go on).
     """
-    settings = settings_of(
-        database_url=database_url, kafka=bootstrap_servers, topic=topic, schema_name=schema
-    )
+    # --direct writes the tables alone: no broker is asked for.
+    bus = {} if direct else {"kafka": bootstrap_servers, "topic": topic}
+    settings = settings_of(database_url=database_url, schema_name=schema, **bus)
     console = Console(highlight=False, soft_wrap=True)
-    result = run_or_fail(_backfill(console, source, source_schema, settings, strict, batch), settings)
-    _summarize(console, result, settings.topic)
+    result = run_or_fail(_backfill(console, source, source_schema, settings, strict, batch, direct), settings)
+    where = f"into the read tables at {_target(settings, direct)}" if direct else f"onto {settings.topic!r}"
+    _summarize(console, result, where)
     if result.stopped:
         raise typer.Exit(130)
     if result.rejected:
         raise typer.Exit(SOME_REJECTED)
 
 
+def _target(settings: Settings, direct: bool) -> str:
+    """Where the events go, as the progress bar and the summary name it."""
+    return mask_secrets(settings.database()) if direct else settings.topic
+
+
 async def _backfill(
-    console: Console, location: str, source_schema: str | None, settings: Settings, strict: bool, batch: int
+    console: Console,
+    location: str,
+    source_schema: str | None,
+    settings: Settings,
+    strict: bool,
+    batch: int,
+    direct: bool,
 ) -> ops.Backfilled:
     try:
         source = await open_source(location, source_schema)
@@ -93,7 +115,7 @@ async def _backfill(
     stop = stop_on_signals()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn("rec/s"))
     bar = Progress(*columns, TimeRemainingColumn(), console=console)
-    task = bar.add_task(f"{source.description} -> {settings.topic}", total=None)
+    task = bar.add_task(f"{source.description} -> {_target(settings, direct)}", total=None)
 
     def show(result: ops.Backfilled) -> None:
         if not bar.live.is_started:  # started with the first batch: a refusal shows its error alone
@@ -101,6 +123,11 @@ async def _backfill(
         bar.update(task, completed=result.read, total=result.total)
 
     try:
+        if direct:
+            async with SqlRunEventStore(settings.database(), schema=settings.schema_name) as store:
+                return await ops.backfill_tables(
+                    source, store, strict=strict, batch_size=batch, on_progress=show, stop=stop
+                )
         return await ops.backfill(
             source,
             settings.bootstrap_servers(),
@@ -119,13 +146,13 @@ async def _backfill(
         await source.close()
 
 
-def _summarize(console: Console, result: ops.Backfilled, topic: str) -> None:
+def _summarize(console: Console, result: ops.Backfilled, target: str) -> None:
     """One summary line, then the skips and rejections by reason, and where the rejected records are."""
     skipped = sum(result.skipped.values())
     verb = "stopped after reading" if result.stopped else "read"
     console.print(
         f"{verb} {result.read:,} of {result.total:,} records in {result.seconds:.1f} s "
-        f"({result.rate:,.0f} records/s): imported {result.imported:,} onto {topic!r}, "
+        f"({result.rate:,.0f} records/s): imported {result.imported:,} {target}, "
         f"skipped {skipped:,}, rejected {len(result.rejected):,}"
     )
     for reason, count in result.skipped.most_common():

@@ -7,6 +7,10 @@ ids are looked up in the read tables: what a projection already holds is skipped
 run again (after it was killed, or to be sure) publishes only what is missing, and the projector
 skips by event id whatever was in flight when it was killed. The projector numbers each thread's
 events 1..n in the order they arrive; the source's seq orders them and is not kept.
+
+`backfill_tables` writes the same events straight into a sql store's tables instead (a single node
+without a broker, e.g. deer-flow's SQLite database moved to runevents'), with the same checks, ids
+and skips; the store numbers each thread as the projector would.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import asyncpg
 
@@ -27,6 +31,7 @@ from runevents.errors import InvalidEventError, RunEventsError
 from runevents.events import PreparedEvent, prepare_event
 from runevents.ops.backfill_sources import Source, SourceEvent
 from runevents.tables import writes
+from runevents.tables.sql import SqlRunEventStore
 
 DEFAULT_BATCH: Final = 2000
 ALREADY_PROJECTED: Final = "already in the read tables"
@@ -67,20 +72,70 @@ class Backfilled:
 Checked = list[tuple[SourceEvent, PreparedEvent]]
 
 
-class _Batcher:
-    """Checks a batch of source events (valid? projected already?), and publishes what is left."""
+class Target(Protocol):
+    """Where a backfill's events go, and what it holds already."""
 
-    def __init__(
-        self,
-        producer: EventProducer,
-        lookups: asyncpg.Pool,
-        schema: str | None,
-        result: Backfilled,
-        strict: bool,
-    ) -> None:
+    # Whether a batch may be checked while the one before it is written: the projector skips an id
+    # repeated across those two batches; tables written directly would refuse it.
+    pipelined: bool
+
+    async def stored(self, events: Sequence[PreparedEvent]) -> set[str]:
+        """The ids of `events` the read tables hold (or held until a delete)."""
+
+    async def write(self, events: list[PreparedEvent]) -> None:
+        """Write `events` in order (an `EventTooLargeError` names one that cannot go)."""
+
+    async def close(self) -> None:
+        """Release what the target holds."""
+
+
+class _Topic:
+    """The topic, with the read tables the projectors keep looked up for what is there already."""
+
+    pipelined = True
+
+    def __init__(self, producer: EventProducer, lookups: asyncpg.Pool, schema: str | None) -> None:
         self._producer = producer
         self._lookups = lookups
         self._lookup_sql = writes.projected_seqs_sql(schema)
+
+    async def stored(self, events: Sequence[PreparedEvent]) -> set[str]:
+        rows = await self._lookups.fetch(
+            self._lookup_sql, [e.thread_id for e in events], [e.event_id for e in events]
+        )
+        return {row[0] for row in rows}
+
+    async def write(self, events: list[PreparedEvent]) -> None:
+        await self._producer.publish_puts(events)
+
+    async def close(self) -> None:
+        await self._producer.stop()
+        await self._lookups.close()
+
+
+class _Tables:
+    """A sql store's tables, written directly (no broker)."""
+
+    pipelined = False
+
+    def __init__(self, store: SqlRunEventStore) -> None:
+        self._store = store
+
+    async def stored(self, events: Sequence[PreparedEvent]) -> set[str]:
+        return await self._store.stored_event_ids(events)
+
+    async def write(self, events: list[PreparedEvent]) -> None:
+        await self._store.import_events(events)
+
+    async def close(self) -> None:
+        return None  # the caller's store
+
+
+class _Batcher:
+    """Checks a batch of source events (valid? stored already?), and writes what is left."""
+
+    def __init__(self, target: Target, result: Backfilled, strict: bool) -> None:
+        self._target = target
         self._result = result
         self._strict = strict
 
@@ -112,10 +167,7 @@ class _Batcher:
     async def _not_projected(self, events: Checked) -> Checked:
         if not events:
             return []
-        rows = await self._lookups.fetch(
-            self._lookup_sql, [e.thread_id for _, e in events], [e.event_id for _, e in events]
-        )
-        projected = {row[0] for row in rows}
+        projected = await self._target.stored([event for _, event in events])
         fresh: Checked = []
         in_batch: set[str] = set()
         for source_event, event in events:
@@ -129,11 +181,11 @@ class _Batcher:
                 fresh.append((source_event, event))
         return fresh
 
-    async def publish(self, fresh: Checked) -> None:
-        """Publish checked events; one too large for the topic is rejected and the rest go."""
+    async def write(self, fresh: Checked) -> None:
+        """Write checked events; one too large for the topic is rejected and the rest go."""
         while fresh:
             try:
-                await self._producer.publish_puts([event for _, event in fresh])
+                await self._target.write([event for _, event in fresh])
             except EventTooLargeError as error:
                 # Sizes are all checked before anything is sent: drop the one too large, send the rest.
                 source_event, _ = fresh.pop(error.index or 0)
@@ -165,21 +217,53 @@ async def backfill(
         await log_offsets(bootstrap_servers, topic, "start", client_options=client_options)
     except TopicMissingError as error:
         raise BackfillError(f"{error} (create it first: `runevents topic create`)") from None
-    result = Backfilled(total=await source.count())
-    started = time.monotonic()
     producer = EventProducer(bootstrap_servers, topic=topic, client_options=dict(client_options or {}))
     lookups = await asyncpg.create_pool(writes.libpq_dsn(database_url), min_size=1, max_size=1)
-    batcher = _Batcher(producer, lookups, schema, result, strict)
-    # One batch is published while the next is read and checked; publishing waits for the one
-    # before it to be acknowledged, so each partition gets its threads' events in order.
+    target = _Topic(producer, lookups, schema)
+    return await _run(source, target, strict, batch_size, on_progress, stop)
+
+
+async def backfill_tables(
+    source: Source,
+    store: SqlRunEventStore,
+    *,
+    strict: bool = False,
+    batch_size: int = DEFAULT_BATCH,
+    on_progress: Callable[[Backfilled], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> Backfilled:
+    """Write `source`'s events into `store`'s tables directly, skipping those it holds already."""
+    return await _run(source, _Tables(store), strict, batch_size, on_progress, stop)
+
+
+async def _run(
+    source: Source,
+    target: Target,
+    strict: bool,
+    batch_size: int,
+    on_progress: Callable[[Backfilled], None] | None,
+    stop: asyncio.Event | None,
+) -> Backfilled:
+    try:
+        total = await source.count()
+    except BaseException:
+        await target.close()
+        raise
+    result = Backfilled(total=total)
+    started = time.monotonic()
+    batcher = _Batcher(target, result, strict)
+    # One batch is published while the next is read and checked (on the topic; tables take one batch
+    # at a time); publishing waits for the one before it, so each thread's events go in order.
     publishing: asyncio.Task[None] | None = None
 
     async def hand_over(batch: Sequence[SourceEvent]) -> None:
         nonlocal publishing
+        if publishing is not None and not target.pipelined:
+            await publishing
         fresh, failed = await batcher.check(batch)
         if publishing is not None:
             await publishing
-        publishing = asyncio.create_task(batcher.publish(fresh))
+        publishing = asyncio.create_task(batcher.write(fresh))
         if failed is not None:
             await publishing
             result.rejected.append(failed)
@@ -210,5 +294,4 @@ async def backfill(
             publishing.cancel()
         result.seconds = time.monotonic() - started
         result.notes = source.noticed.notes
-        await producer.stop()
-        await lookups.close()
+        await target.close()

@@ -15,9 +15,7 @@ from typing import Any, Final
 from urllib.parse import urlencode
 
 import asyncpg
-from sqlalchemy import (
-    event,
-)
+from sqlalchemy import event, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
@@ -40,7 +38,7 @@ from runevents.tables import writes
 from runevents.tables.failures import DATABASE_ERRORS, WriteFailedError, reason_of
 from runevents.tables.group_commit import CommitOutcomeUnknown, GroupCommitter
 from runevents.tables.query import ReadTablesStore
-from runevents.tables.schema import run_events, thread_counters
+from runevents.tables.schema import deleted_events, run_events, thread_counters
 
 _c = thread_counters.c
 _e = run_events.c
@@ -169,6 +167,29 @@ class SqlRunEventStore(ReadTablesStore):
         await self._ready()
         records = await self._writes.submit(prepared)
         self._doorbells.ring({event.thread_id for event in prepared})
+        return records
+
+    async def stored_event_ids(self, events: Sequence[PreparedEvent]) -> set[str]:
+        """Which of `events`' ids the tables hold, or held until a delete (what a backfill skips)."""
+        if not events:
+            return set()
+        threads = {event.thread_id for event in events}
+        ids = {event.event_id for event in events}
+        found: set[str] = set()
+        for table in (run_events, deleted_events):
+            rows = await self._rows(
+                select(table.c.event_id).where(table.c.thread_id.in_(threads), table.c.event_id.in_(ids))
+            )
+            found.update(str(row[0]) for row in rows)
+        return found
+
+    async def import_events(self, events: Sequence[PreparedEvent]) -> list[Record]:
+        """Write events prepared elsewhere, their ids and times kept, as `put_batch` writes (backfill)."""
+        if not events:
+            return []
+        await self._ready()
+        records = await self._writes.submit(events)
+        self._doorbells.ring({event.thread_id for event in events})
         return records
 
     async def _flush(self, groups: list[Sequence[PreparedEvent]]) -> list[list[Record]]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from runevents.bus.projector import Projector
 from runevents.bus.read_your_writes import ProjectionWatcher
@@ -320,3 +320,63 @@ async def test_backfill_refuses_what_it_cannot_read_in_one_line(
         assert result.output.startswith("error: "), result.output
         assert message in result.output, result.output
         assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+DEERFLOW_SQLITE_DDL = """CREATE TABLE run_events (
+    id INTEGER PRIMARY KEY, thread_id VARCHAR(64) NOT NULL, run_id VARCHAR(64) NOT NULL,
+    user_id VARCHAR(64), event_type VARCHAR(32) NOT NULL, category VARCHAR(16) NOT NULL,
+    content TEXT NOT NULL, event_metadata JSON NOT NULL, seq INTEGER NOT NULL,
+    created_at DATETIME NOT NULL, CONSTRAINT uq_events_thread_seq UNIQUE (thread_id, seq))"""
+
+
+async def test_direct_moves_deerflows_sqlite_table_into_runevents_tables_without_a_broker(
+    tmp_path: Path,
+) -> None:
+    # deer-flow's single-node default: its SQLite database; the drop-in's db backend keeps runevents'
+    # tables in runevents.db beside it. 2,500 rows: more than one batch, a thread across two.
+    source = tmp_path / "deerflow.db"
+    engine = engine_for(f"sqlite:///{source}")
+    rows = [
+        {
+            "thread": f"t{n % 3}",
+            "run": f"r{n % 5}",
+            "user": "u1" if n % 2 else None,
+            "content": orjson.dumps({"n": n}).decode() if n % 4 else f"text {n}",
+            "metadata": '{"content_is_json": true, "content_is_dict": true}' if n % 4 else "{}",
+            "seq": n + 1,
+            "at": f"2026-03-01 00:{n // 60 % 60:02d}:{n % 60:02d}",
+        }
+        for n in range(2500)
+    ]
+    try:
+        async with engine.begin() as connection:
+            await connection.exec_driver_sql(DEERFLOW_SQLITE_DDL)
+            await connection.execute(
+                text(
+                    "INSERT INTO run_events (thread_id, run_id, user_id, event_type, category, content, "
+                    "event_metadata, seq, created_at) VALUES (:thread, :run, :user, 'llm.ai.response', "
+                    "'message', :content, :metadata, :seq, :at)"
+                ),
+                rows,
+            )
+    finally:
+        await engine.dispose()
+    target = f"sqlite:///{tmp_path / 'runevents.db'}"
+    await upgrade_async(target)
+    args = ("backfill", f"sqlite:///{source}", "--database", target, "--direct", "--batch", "1000")
+    first = await cli(*args)
+    assert first.exit_code == 0, first.output
+    assert "imported 2,500 into the read tables at sqlite:///" in first.output
+    again = await cli(*args)
+    assert again.exit_code == 0, again.output
+    assert "imported 0 into" in again.output
+    assert "skipped 2,500: already in the read tables" in again.output
+    async with SqlRunEventStore(target) as store:
+        t0 = await store.list_messages("t0", limit=1000)
+        assert await store.count_messages("t1") == sum(1 for row in rows if row["thread"] == "t1")
+    expected = [row for row in rows if row["thread"] == "t0"]
+    assert [r["seq"] for r in t0] == list(range(1, len(expected) + 1))  # numbered 1..n in source order
+    assert [r["content"] for r in t0[:2]] == ["text 0", {"n": 3}]
+    assert [r["metadata"] for r in t0[:2]] == [{}, {}]  # deer-flow's markers are dropped
+    assert t0[0]["event_id"] == derived_event_id("t0", "r0", 1)
+    assert t0[1]["user_id"] == "u1"
