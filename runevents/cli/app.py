@@ -27,6 +27,7 @@ from runevents.cli.show import tail as tail_command
 from runevents.cli.support import begin_command, error_line, mask
 from runevents.cli.topic import schema as schema_command
 from runevents.cli.topic import topic_app
+from runevents.cli.usage import usage_app
 from runevents.heap import keep_heap_top
 from runevents.settings import CONFIG_ENV
 
@@ -116,6 +117,8 @@ app.command("promote")(promote_command)
 app.add_typer(projection_app, name="projection")
 app.command("backfill")(backfill_command)
 app.add_typer(dead_letters_app, name="dead-letters")
+# The second kind of consumer of the topic: token usage, in a group and tables of its own.
+app.add_typer(usage_app, name="usage")
 app.add_typer(db_app, name="db")
 app.add_typer(topic_app, name="topic")
 app.command("schema")(schema_command)

@@ -13,8 +13,11 @@ from typing import Final
 
 from runevents.settings import CONFIG_ENV, ENV_PREFIX, Settings
 
-# RUNEVENTS_* variables that are not settings: the config file's, the test suite's and the benchmarks'.
-NOT_SETTINGS: Final = frozenset({CONFIG_ENV, "RUNEVENTS_FAULT_SEED", "RUNEVENTS_WRITE_QUERY_PLANS"})
+# RUNEVENTS_* variables that are not settings: the config file's, one command's option's (`usage run
+# --group`), the test suite's and the benchmarks'.
+NOT_SETTINGS: Final = frozenset(
+    {CONFIG_ENV, "RUNEVENTS_USAGE_GROUP", "RUNEVENTS_FAULT_SEED", "RUNEVENTS_WRITE_QUERY_PLANS"}
+)
 NOT_SETTINGS_PREFIXES: Final = ("RUNEVENTS_TEST_", "RUNEVENTS_BENCH_")
 
 

@@ -20,6 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from runevents.cli.store_url import StoreUrlOption, store_url
 from runevents.cli.support import error_line, fail, log_to_stderr, mask, refused_connection, settings_of
+from runevents.cli.usage import usage_reader_for
 from runevents.errors import InvalidQueryError, RunEventsError
 from runevents.serve import TokenFileError, Tokens, create_app, hash_token
 from runevents.serve.tokens import ADMIN
@@ -56,8 +57,9 @@ def serve(
     """Serve a store's reads over HTTP: chat history pages, run messages and events, live SSE streams.
 
     Routes: /api/threads/{thread}/messages/page, .../runs/{run}/messages, .../runs/{run}/events,
-    .../messages/count, .../messages/seqs, .../stream (Server-Sent Events), and /healthz, /metrics,
-    /openapi.json. Runs until SIGTERM (exit 0) or Ctrl-C (exit 130).
+    .../messages/count, .../messages/seqs, .../stream (Server-Sent Events), .../token-usage (sql on
+    PostgreSQL and bus stores, kept by `runevents usage run`), and /healthz, /metrics, /openapi.json.
+    Runs until SIGTERM (exit 0) or Ctrl-C (exit 130).
     """
     settings = settings_of()
     store_at = store_url(store, settings)
@@ -84,9 +86,11 @@ def serve(
             err=True,
         )
     log_to_stderr(settings.log_level)
+    # Token usage lives beside PostgreSQL read tables (sql and bus stores), kept by `runevents usage run`.
+    usage = usage_reader_for(store_at)
     server = StoppableServer(
         uvicorn.Config(
-            create_app(opened, tokens=tokens, heartbeat_s=heartbeat),
+            create_app(opened, tokens=tokens, heartbeat_s=heartbeat, usage=usage),
             log_config=None,  # uvicorn's lines go through runevents' log handler, masked
             # A line a request, masked, cost a third of a page read's time; /metrics counts requests by
             # route and status, and log_level DEBUG brings the lines back.

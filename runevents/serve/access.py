@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Final
+from typing import TYPE_CHECKING, Annotated, Final
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -12,18 +12,23 @@ from runevents.serve.metrics import HttpMetrics
 from runevents.serve.tokens import EVERYONE, Reader, Tokens
 from runevents.store import RunEventStore
 
+if TYPE_CHECKING:
+    from runevents.serve.usage import TokenUsageReader
+
 # Said for a missing and an unknown token alike, and never quoting what was sent.
 UNAUTHORIZED: Final = "a bearer token is required, and this one is not known"
 
 
 @dataclass(frozen=True)
 class Served:
-    """What the routes of one app share: its store, its tokens (None: auth off), its metrics."""
+    """What the routes of one app share: its store, its tokens (None: auth off), its metrics, its usage."""
 
     store: RunEventStore
     tokens: Tokens | None
     metrics: HttpMetrics
     heartbeat_s: float
+    # The token usage kept beside the store's read tables, if any (the token-usage route).
+    usage: TokenUsageReader | None = None
 
 
 def served_of(request: Request) -> Served:

@@ -8,6 +8,7 @@ Routes (docs/http.md has the details and every difference from deer-flow's):
 - `GET /api/threads/{thread_id}/messages/count` -> `{count}`
 - `GET /api/threads/{thread_id}/messages/seqs?ids=a,b` -> `{seqs: {id: seq}}`
 - `GET /api/threads/{thread_id}/stream?after_seq` -> Server-Sent Events (runevents/serve/stream.py)
+- `GET /api/threads/{thread_id}/token-usage` -> deer-flow's usage document (runevents/serve/usage.py)
 - `GET /healthz`, `GET /metrics`, `GET /openapi.json` (these three need no token)
 - `GET /`: the run viewer, a static page that reads the routes above (runevents/serve/viewer.py)
 """
@@ -33,6 +34,8 @@ from runevents.serve.metrics import HttpMetrics, RequestMetrics
 from runevents.serve.models import Health
 from runevents.serve.problems import invalid_query
 from runevents.serve.tokens import Tokens
+from runevents.serve.usage import TokenUsageReader
+from runevents.serve.usage import router as usage_router
 from runevents.serve.viewer import mount_viewer
 from runevents.store import RunEventStore
 
@@ -44,11 +47,17 @@ HEALTH_TIMEOUT_S: Final = 2.0
 _PROBE_THREAD: Final = "runevents-healthz"
 
 
-def create_app(store: RunEventStore, *, tokens: Tokens | None = None, heartbeat_s: float = 15.0) -> FastAPI:
-    """The HTTP app serving `store`'s reads; it closes the store when it shuts down.
+def create_app(
+    store: RunEventStore,
+    *,
+    tokens: Tokens | None = None,
+    heartbeat_s: float = 15.0,
+    usage: TokenUsageReader | None = None,
+) -> FastAPI:
+    """The HTTP app serving `store`'s reads; it closes the store (and `usage`) when it shuts down.
 
     `tokens` turns auth on (None: everyone reads everything); `heartbeat_s` is the interval of the
-    live streams' ping comments (0: none).
+    live streams' ping comments (0: none); `usage` serves the token-usage route (None: it answers 404).
     """
     if heartbeat_s < 0:
         raise ValueError(f"heartbeat_s must be >= 0, got {heartbeat_s}")
@@ -58,7 +67,11 @@ def create_app(store: RunEventStore, *, tokens: Tokens | None = None, heartbeat_
         try:
             yield
         finally:
-            await store.close()
+            try:
+                await store.close()
+            finally:
+                if usage is not None:
+                    await usage.close()
 
     app = FastAPI(
         title="runevents",
@@ -70,12 +83,15 @@ def create_app(store: RunEventStore, *, tokens: Tokens | None = None, heartbeat_
         redoc_url=None,
     )
     metrics = HttpMetrics()
-    app.state.served = Served(store=store, tokens=tokens, metrics=metrics, heartbeat_s=heartbeat_s)
+    app.state.served = Served(
+        store=store, tokens=tokens, metrics=metrics, heartbeat_s=heartbeat_s, usage=usage
+    )
     app.add_middleware(RequestMetrics, metrics=metrics)
     app.add_exception_handler(InvalidQueryError, invalid_query)
     app.add_exception_handler(Exception, _internal_error)
     app.include_router(reads.router)
     app.include_router(stream.router)
+    app.include_router(usage_router)
     app.add_api_route(
         "/healthz",
         healthz,

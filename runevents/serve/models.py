@@ -56,6 +56,54 @@ class MessageSeqs(BaseModel):
     seqs: dict[str, int]
 
 
+class ModelUsage(BaseModel):
+    """Tokens of one model in a thread, and in how many runs it was called."""
+
+    tokens: int = 0
+    runs: int = Field(default=0, description="Runs in which this model was called")
+
+
+class CallerUsage(BaseModel):
+    """Tokens by deer-flow's caller kinds: `subagent:*`, `middleware:*`, anything else the lead agent."""
+
+    lead_agent: int = 0
+    subagent: int = 0
+    middleware: int = 0
+
+
+class RunUsage(BaseModel):
+    """Tokens and calls of one run (a runevents addition)."""
+
+    total_tokens: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    calls: int = 0
+    calls_without_usage: int = 0
+
+
+class ThreadTokenUsage(BaseModel):
+    """deer-flow's `ThreadTokenUsageResponse`, plus runevents' additions (`by_run` and below).
+
+    A sum counts the calls that carried that count; a call whose record carried no usable usage is
+    counted in `calls_without_usage`, never as 0 tokens.
+    """
+
+    thread_id: str
+    total_tokens: int = 0
+    total_input_tokens: int = 0
+    total_output_tokens: int = 0
+    total_runs: int = Field(default=0, description="Runs with at least one model call")
+    by_model: dict[str, ModelUsage] = Field(default_factory=dict)
+    by_caller: CallerUsage = Field(default_factory=CallerUsage)
+    context_usage: dict[str, Any] | None = Field(default=None, description="Always null: not kept")
+    by_run: dict[str, RunUsage] = Field(default_factory=dict)
+    cache_read_tokens: int = 0
+    cache_creation_tokens: int = 0
+    reasoning_tokens: int = 0
+    calls: int = Field(default=0, description="Model calls (llm.ai.response records)")
+    calls_without_usage: int = Field(default=0, description="Calls whose usage is unknown")
+
+
 class Health(BaseModel):
     """Whether the store answers."""
 

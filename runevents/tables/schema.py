@@ -189,9 +189,51 @@ class DeadLetter(Base):
     )
 
 
+class TokenUsageCall(Base):
+    """One model call (an `llm.ai.response` record) as the usage consumer read it off the topic."""
+
+    __tablename__ = "token_usage_calls"
+
+    thread_id: Mapped[str] = mapped_column(String(MAX_ID_LENGTH), primary_key=True)
+    event_id: Mapped[str] = mapped_column(Uuid(as_uuid=False), primary_key=True)
+    run_id: Mapped[str] = mapped_column(String(MAX_ID_LENGTH))
+    user_id: Mapped[str | None] = mapped_column(String(MAX_ID_LENGTH))
+    event_type: Mapped[str] = mapped_column(String(MAX_EVENT_TYPE_LENGTH))
+    # Where the record sits on the topic (the stream has no seq; the projection assigns it).
+    partition: Mapped[int] = mapped_column(Integer)
+    offset: Mapped[int] = mapped_column(BigInteger)
+    model: Mapped[str | None] = mapped_column(Text)
+    caller: Mapped[str | None] = mapped_column(Text)
+    # NULL is a count the record did not carry (or carried as garbage), never 0.
+    input_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    output_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    total_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    cache_read_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    cache_creation_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    reasoning_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    usage_known: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (Index("ix_token_usage_calls_thread_id_run_id", "thread_id", "run_id"),)
+
+
+class TokenUsageOffset(Base):
+    """Where a usage consumer group stands in one partition: the next offset, moved with the usage rows."""
+
+    __tablename__ = "token_usage_offsets"
+
+    # Not `group`, a reserved word. 255: room for any group id a deployment picks.
+    consumer_group: Mapped[str] = mapped_column(String(255), primary_key=True)
+    topic: Mapped[str] = mapped_column(String(249), primary_key=True)
+    partition: Mapped[int] = mapped_column(Integer, primary_key=True)
+    next_offset: Mapped[int] = mapped_column(BigInteger)
+
+
 run_events = cast(Table, RunEvent.__table__)
 thread_counters = cast(Table, ThreadCounter.__table__)
 projection_offsets = cast(Table, ProjectionOffset.__table__)
 op_results = cast(Table, OpResult.__table__)
 dead_letters = cast(Table, DeadLetter.__table__)
 deleted_events = cast(Table, DeletedEvent.__table__)
+token_usage_calls = cast(Table, TokenUsageCall.__table__)
+token_usage_offsets = cast(Table, TokenUsageOffset.__table__)

@@ -108,6 +108,8 @@ def database_commands(db: str, kafka: str, tmp: Path) -> dict[str, tuple[list[st
         "projection drop": (["projection", "drop", "v2", "--yes", "--database", db], (REFUSED,)),
         "dead-letters list": (["dead-letters", "list", "--database", db], (REFUSED,)),
         "dead-letters drop": (["dead-letters", "drop", "1", "--note", "x", "--database", db], (REFUSED,)),
+        "usage run": (["usage", "run", "--database", db, "--kafka", kafka], (REFUSED,)),
+        "usage show": (["usage", "show", "t1", "--database", db], (REFUSED,)),
         "backfill (source)": (["backfill", db, "--database", other, "--kafka", kafka], ("the source",)),
         "backfill (target)": (["backfill", str(jsonl), "--database", db, "--kafka", kafka], (NO_BROKER,)),
     }

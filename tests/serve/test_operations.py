@@ -18,6 +18,7 @@ ROUTES = {
     "/api/threads/{thread_id}/runs/{run_id}/events": "#/components/schemas/StoredRecord",
     "/api/threads/{thread_id}/messages/count": "#/components/schemas/MessageCount",
     "/api/threads/{thread_id}/messages/seqs": "#/components/schemas/MessageSeqs",
+    "/api/threads/{thread_id}/token-usage": "#/components/schemas/ThreadTokenUsage",
     "/healthz": "#/components/schemas/Health",
 }
 

@@ -24,7 +24,7 @@ from runevents.tables import migrate
 from runevents.tables.schema import Base, thread_counters
 from runevents.tables.sql import engine_for
 
-HEAD = "0003_dead_letter_resolution"
+HEAD = "0004_token_usage"
 TABLES = {
     "run_events",
     "thread_counters",
@@ -32,6 +32,8 @@ TABLES = {
     "op_results",
     "deleted_events",
     "dead_letters",
+    "token_usage_calls",
+    "token_usage_offsets",
 }
 PARTIAL_INDEXES = {
     "ix_run_events_messages",

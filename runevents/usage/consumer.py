@@ -1,0 +1,195 @@
+"""The usage consumer's lifecycle and loop: its own group on the topic, a transaction per batch, recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Final
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.structs import ConsumerRecord
+from sqlalchemy import text
+
+from runevents.bus.names import DEFAULT_TOPIC
+from runevents.bus.projector.offsets import RebalanceListener, StaleBatchError
+from runevents.names import check_identifier, check_topic
+from runevents.retrying import RETRY_FIRST_S, one_line, pause, retry_until_stopped
+from runevents.tables import migrate
+from runevents.tables.failures import DATABASE_ERRORS
+from runevents.tables.sql import engine_for
+from runevents.usage import telemetry
+from runevents.usage.batch import Applied, UsageBatchWriter
+from runevents.usage.offsets import UsagePositions
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GROUP: Final = "runevents-usage"
+
+
+class UsageConsumer:
+    """Reads the topic in its own consumer group and keeps token usage per call in PostgreSQL."""
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        database_url: str,
+        *,
+        topic: str = DEFAULT_TOPIC,
+        group: str = DEFAULT_GROUP,
+        schema: str | None = None,
+        max_batch: int = 5000,
+        consumer_options: dict[str, Any] | None = None,
+        client_options: dict[str, Any] | None = None,
+        export_spans: bool = False,
+    ) -> None:
+        """`export_spans`: an OpenTelemetry GenAI span of each call kept, once its batch commits."""
+        # Names first: a refused one leaves nothing opened.
+        self.topic = check_topic(topic)
+        if not group or len(group) > 255:
+            raise ValueError(f"a usage group is 1 to 255 characters, got {len(group)}")
+        self.group = group
+        self._schema = None if schema is None else check_identifier("schema", schema)
+        self._bootstrap_servers = bootstrap_servers
+        self._max_batch = max_batch
+        self._export_spans = export_spans
+        self._options = {**(client_options or {}), **(consumer_options or {})}
+        self._engine = engine_for(database_url, schema=schema, pool_size=2)
+        self._secrets = (self._engine.url.password,)
+        self._writer = UsageBatchWriter(topic=topic, group=group, schema=schema)
+        self._positions = UsagePositions(self._engine, topic=topic, projection=group)
+        # Held while a batch is applied, so a revocation waits for the batch to commit or roll back.
+        self._applying = asyncio.Lock()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._halt = asyncio.Event()
+        # What committed batches did, since start.
+        self.applied = Applied()
+        self.batches = 0
+        self.stale_batches = 0
+
+    @property
+    def assignment(self) -> set[TopicPartition]:
+        """The partitions this consumer owns now."""
+        return set(self._positions.next_offsets)
+
+    async def check_database(self) -> None:
+        """Raise unless the database answers a query."""
+        async with self._engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+
+    async def check_tables(self) -> None:
+        """Raise `SchemaOutdatedError`, naming the command that fixes it, unless the tables are at head."""
+        async with self._engine.connect() as connection:
+            await migrate.check_schema(connection, schema=self._schema)
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Keep usage until `stop` is set (or the task is cancelled), then leave the group cleanly."""
+        halt = self._halt = asyncio.Event()
+        relay = asyncio.ensure_future((stop or asyncio.Event()).wait())
+        relay.add_done_callback(lambda _: halt.set())
+        try:
+            await self._start()
+            consumer = self._consumer
+            assert consumer is not None
+            while not halt.is_set():
+                batch = await consumer.getmany(timeout_ms=100, max_records=self._max_batch)
+                if not batch:
+                    continue
+                try:
+                    async with self._applying:
+                        await self._apply(batch)
+                except DATABASE_ERRORS as error:
+                    # Rolled back: read again from the stored offsets once the database answers.
+                    await self._recover(error)
+        finally:
+            halt.set()
+            relay.cancel()
+            await self.close()
+
+    async def _start(self) -> None:
+        # Before joining the group: tables never migrated are a setting to fix, and a consumer that
+        # joined would take partitions from healthy ones and apply nothing.
+        await self.check_tables()
+        consumer = AIOKafkaConsumer(
+            group_id=self.group,
+            bootstrap_servers=self._bootstrap_servers,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            # Nobody waits on usage: a longer fetch wait than the projector's costs nothing.
+            fetch_max_wait_ms=200,
+            **self._options,
+        )
+        self._consumer = consumer
+        await consumer.start()
+        listener = RebalanceListener(
+            self._positions, consumer, applying=self._applying, halt=self._halt, secrets=self._secrets
+        )
+        consumer.subscribe([self.topic], listener=listener)
+
+    async def _recover(self, error: BaseException) -> None:
+        log.warning(
+            "a usage batch failed and was rolled back (%s); reading again from the stored offsets",
+            one_line(error, *self._secrets),
+        )
+        if await pause(self._halt, RETRY_FIRST_S):
+            return
+
+        async def seek_back() -> None:
+            async with self._applying:
+                assert self._consumer is not None
+                await self._positions.seek_back(self._consumer)
+
+        await retry_until_stopped(
+            seek_back,
+            self._halt,
+            doing="reading the stored usage offsets again",
+            errors=DATABASE_ERRORS,
+            log=log,
+            secrets=self._secrets,
+        )
+
+    async def _apply(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        positions = self._positions
+        unplaced = [tp for tp in batch if tp not in positions.next_offsets and tp in consumer.assignment()]
+        if unplaced:
+            # Assigned, but its stored offset was never read: read it and fetch from there.
+            await positions.seek_to_stored(consumer, unplaced)
+            return
+        owned = positions.unapplied(batch)
+        if not owned:
+            return
+        started = time.perf_counter()
+        try:
+            applied = await self._writer.write(self._engine, owned)
+        except StaleBatchError as error:
+            self.stale_batches += 1
+            log.warning("%s; rolled the batch back and seeking to the stored offsets", error)
+            await positions.seek_back(consumer)
+            return
+        positions.advance(owned)
+        self.applied.add(applied)
+        if self._export_spans:
+            telemetry.export_calls(applied.rows)
+        self.batches += 1
+        size = sum(len(records) for _, records, _, _ in owned)
+        elapsed_ms = (time.perf_counter() - started) * 1e3
+        log.debug("usage: %d records, %d calls in %.1f ms", size, applied.calls, elapsed_ms)
+        if applied.undecodable or applied.bad_usage:
+            # One line a batch, not one a record: a burst of garbage must not flood the log.
+            log.warning(
+                "usage: %d undecodable records skipped and %d calls of unusable usage in this batch "
+                "(the first: %s)",
+                applied.undecodable,
+                applied.bad_usage,
+                applied.first_problem,
+            )
+
+    async def close(self) -> None:
+        """Leave the group and release the database pool; run() does this as it ends."""
+        if self._consumer is not None:
+            consumer, self._consumer = self._consumer, None
+            await consumer.stop()
+        await self._engine.dispose()
