@@ -23,11 +23,14 @@ def available() -> bool:
     return trace is not None
 
 
-def export_calls(calls: Iterable[Mapping[str, Any]]) -> None:
-    """One GenAI span for each of `calls` (rows of token_usage_calls) whose usage is known."""
+def export_calls(calls: Iterable[Mapping[str, Any]], tracer_provider: Any = None) -> None:
+    """One GenAI span for each of `calls` (rows of token_usage_calls) whose usage is known.
+
+    `tracer_provider`: an SDK's provider; None, the process's global one.
+    """
     if trace is None:
         return
-    tracer = trace.get_tracer("runevents.usage")
+    tracer = trace.get_tracer("runevents.usage", tracer_provider=tracer_provider)
     for call in calls:
         if not call["usage_known"]:
             continue  # an unknown usage is no usage of 0 tokens: no span says otherwise
