@@ -18,7 +18,8 @@ from runevents.settings import CONFIG_ENV, ENV_PREFIX, Settings
 NOT_SETTINGS: Final = frozenset(
     {CONFIG_ENV, "RUNEVENTS_USAGE_GROUP", "RUNEVENTS_FAULT_SEED", "RUNEVENTS_WRITE_QUERY_PLANS"}
 )
-NOT_SETTINGS_PREFIXES: Final = ("RUNEVENTS_TEST_", "RUNEVENTS_BENCH_")
+# RUNEVENTS_DEERFLOW_*: the deer-flow drop-in's, read (and checked) where deer-flow builds its store.
+NOT_SETTINGS_PREFIXES: Final = ("RUNEVENTS_TEST_", "RUNEVENTS_BENCH_", "RUNEVENTS_DEERFLOW_")
 
 
 def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:

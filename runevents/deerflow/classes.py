@@ -21,7 +21,7 @@ from runevents.tables.sql import SqlRunEventStore
 
 log = logging.getLogger(__name__)
 
-RUNEVENTS_SQLITE_FILE = "runevents.db"  # beside deer-flow's own SQLite file, whose run_events would collide
+SQLITE_FILE_NAME = "runevents.db"  # beside deer-flow's own SQLite file, whose run_events would collide
 
 
 class MemoryRunEventStore(DeerFlowRunEventStore):
@@ -126,5 +126,5 @@ def runevents_database(session_factory: Any) -> str:
         )
     url: URL = engine.url
     if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
-        url = url.set(database=str(Path(url.database).with_name(RUNEVENTS_SQLITE_FILE)))
+        url = url.set(database=str(Path(url.database).with_name(SQLITE_FILE_NAME)))
     return url.render_as_string(hide_password=False)

@@ -9,6 +9,8 @@ deployment's store without touching deer-flow's config model.
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -16,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from runevents.errors import RunEventsError
+
+log = logging.getLogger(__name__)
 
 Backend = Literal["memory", "db", "jsonl", "bus", "url"]
 DEERFLOW_MAX_TRACE_CONTENT = 10_240  # deer-flow's default, in bytes
@@ -61,10 +65,13 @@ class RunEventsConfig(BaseModel):
     )
 
 
+DEERFLOW_PREFIX = "RUNEVENTS_DEERFLOW_"
+
+
 class EnvironmentOverrides(BaseSettings):
     """`RUNEVENTS_DEERFLOW_*` variables: each, when set, wins over the config object's key."""
 
-    model_config = SettingsConfigDict(env_prefix="RUNEVENTS_DEERFLOW_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=DEERFLOW_PREFIX, extra="ignore")
 
     backend: Backend | None = None
     url: str | None = None
@@ -78,6 +85,7 @@ def read_config(config: object) -> RunEventsConfig:
     """The configuration in `config` (None, a mapping, deer-flow's model or any object with its
     attributes), with the environment's overrides; `ConfigError` names a key that is wrong."""
     given = _as_mapping(config)
+    _warn_unknown_variables()
     try:
         overrides = EnvironmentOverrides().model_dump(exclude_none=True)
         if "url" in overrides and "backend" not in overrides:
@@ -88,6 +96,19 @@ def read_config(config: object) -> RunEventsConfig:
         where = ".".join(str(part) for part in problem["loc"]) or "run_events"
         # The message, not the input: a URL given may carry a password.
         raise ConfigError(f"run_events.{where}: {problem['msg']}") from None
+
+
+# Not read from the environment by the drop-in: the variable its tests take a deer-flow checkout from.
+_TEST_VARIABLES = frozenset({"RUNEVENTS_DEERFLOW_SRC"})
+
+
+def _warn_unknown_variables() -> None:
+    """Log each `RUNEVENTS_DEERFLOW_*` variable the drop-in does not read (a typo goes unnoticed else)."""
+    fields = EnvironmentOverrides.model_fields
+    known = sorted({DEERFLOW_PREFIX + name.upper() for name in fields} | _TEST_VARIABLES)
+    for name in sorted(os.environ):
+        if name.upper().startswith(DEERFLOW_PREFIX) and name.upper() not in known:
+            log.warning("%s is not a runevents.deerflow variable and is ignored (known: %s)", name, known)
 
 
 def _as_mapping(config: object) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from runevents import deerflow
 from runevents.bus.projector import Projector
 from runevents.bus.store import BusRunEventStore
 from runevents.bus.topic import create_topic
-from runevents.deerflow.classes import RUNEVENTS_SQLITE_FILE
+from runevents.deerflow.classes import SQLITE_FILE_NAME
 from runevents.deerflow.config import DEFAULT_SCHEMA
 from runevents.deerflow.users import Users
 from runevents.store import JsonlRunEventStore, MemoryRunEventStore, RunEventStore
@@ -199,7 +199,7 @@ def deerflow_sqlite_backend(directory: Path, request: pytest.FixtureRequest) -> 
     """deer-flow's DB store on SQLite: runevents' tables in the file beside deer-flow's."""
     template: Path = request.getfixturevalue("migrated_sqlite_template")
     directory.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(template, directory / RUNEVENTS_SQLITE_FILE)
+    shutil.copyfile(template, directory / SQLITE_FILE_NAME)
     url = f"sqlite+aiosqlite:///{directory / 'deerflow.db'}"
     return Backend("deerflow+db-sqlite", _deerflow_db(url), persistent=True)
 

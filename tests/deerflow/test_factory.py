@@ -213,3 +213,13 @@ async def test_upgrades_from_processes_starting_together_take_turns(pg_database:
 
     results = await asyncio.gather(*(asyncio.to_thread(upgrade) for _ in range(3)))
     assert [code for code, _ in results] == [0, 0, 0], results
+
+
+def test_a_misspelt_deerflow_variable_is_named_in_a_warning(
+    no_deerflow: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("RUNEVENTS_DEERFLOW_BAKEND", "bus")
+    with caplog.at_level(logging.WARNING, logger="runevents.deerflow"):
+        store = make_run_event_store(None)
+    assert isinstance(store, MemoryRunEventStore)  # the misspelt variable changed nothing
+    assert "RUNEVENTS_DEERFLOW_BAKEND is not a runevents.deerflow variable" in caplog.text

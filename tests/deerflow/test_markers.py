@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from runevents.deerflow import DbRunEventStore, MemoryRunEventStore, with_markers
-from runevents.deerflow.classes import RUNEVENTS_SQLITE_FILE
+from runevents.deerflow.classes import SQLITE_FILE_NAME
 from runevents.tables.sql import SqlRunEventStore
 from tests.deerflow.conftest import as_user
 
@@ -91,7 +91,7 @@ async def test_the_db_flavour_marks_what_it_returns_and_stores_none(
         assert len(batch[2]["content"].encode()) == 100
         assert [r["metadata"] for r in listed] == [r["metadata"] for r in [put, *batch]]
         # What is stored is runevents' record: a plain sql store on the same tables sees no markers.
-        async with SqlRunEventStore(f"sqlite+aiosqlite:///{tmp_path / RUNEVENTS_SQLITE_FILE}") as plain:
+        async with SqlRunEventStore(f"sqlite+aiosqlite:///{tmp_path / SQLITE_FILE_NAME}") as plain:
             stored = await plain.list_events("t1", "r1")
         assert [r["metadata"] for r in stored[:3]] == [{}, {}, {}]
         assert stored[0]["content"] == {"a": 1}
