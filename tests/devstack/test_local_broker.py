@@ -166,3 +166,30 @@ def port_is_open(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.settimeout(1)
         return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.durable_broker
+async def test_a_durable_broker_killed_and_started_again_keeps_every_acknowledged_record(
+    tmp_path: Path,
+) -> None:
+    broker = LocalBroker(tmp_path / "broker", durable=True)
+    await asyncio.to_thread(broker.start)
+    try:
+        topic = f"test-durable-{uuid.uuid4().hex[:8]}"
+        await create_topic(broker.bootstrap_servers, topic, 3)
+        sent = {}
+        async with AIOKafkaProducer(bootstrap_servers=broker.bootstrap_servers, acks="all") as producer:
+            for n in range(2_000):
+                metadata = await (await producer.send(topic, f"v{n}".encode(), key=f"k{n % 7}".encode()))
+                sent[metadata.partition, metadata.offset] = f"v{n}".encode()
+        port = broker.port
+        await asyncio.to_thread(broker.kill)  # SIGKILL: no shutdown of its own
+        assert not port_is_open(port)
+        await asyncio.to_thread(broker.start)
+        assert broker.port == port
+        records = await read_all(broker.bootstrap_servers, topic, 3, expected=len(sent))
+        assert {(r.partition, r.offset): r.value for r in records} == sent
+    finally:
+        await asyncio.to_thread(broker.shutdown)
+    assert broker.s3 is not None
+    assert not broker.s3.running
