@@ -70,11 +70,28 @@ _RECORD_OVERHEAD: Final = 128
 
 
 class BrokerUnavailableError(RunEventsError):
-    """The broker did not take or acknowledge a record (which may or may not be on the topic)."""
+    """The broker did not take or acknowledge records.
+
+    `maybe_durable` says whether any of them may be on the topic all the same (they reached the
+    producer's send), `event_ids` which ones: a retry that passes the same ids (`event_ids=` of
+    `put_batch` and `publish_batch`) is projected once, however many copies reached the log.
+    """
+
+    def __init__(self, message: str, *, event_ids: Sequence[str] = (), maybe_durable: bool = False) -> None:
+        super().__init__(message)
+        self.event_ids = tuple(event_ids)
+        self.maybe_durable = maybe_durable
 
 
 class EventTooLargeError(InvalidEventError):
     """An event's record is larger than the topic's `max.message.bytes`."""
+
+
+def _none_sent(error: BrokerUnavailableError, event_ids: Sequence[str]) -> BrokerUnavailableError:
+    """`error` of a producer that could not start, for a call whose records were never sent."""
+    return BrokerUnavailableError(
+        f"{error}; none of the {len(event_ids)} records was sent", event_ids=event_ids
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,7 +217,10 @@ class EventProducer:
     async def publish_puts(self, events: Sequence[PreparedEvent], *, op: str = PUT) -> list[Published]:
         """Publish one record per event (all sizes checked first); return where each landed, in order."""
         records = [(event, encode_put(event, op)) for event in events]
-        limit = await self._limit()
+        try:
+            limit = await self._limit()
+        except BrokerUnavailableError as exc:
+            raise _none_sent(exc, [event.event_id for event in events]) from exc
         for index, (event, value) in enumerate(records):
             size = len(value) + len(event.thread_id.encode()) + _RECORD_OVERHEAD
             if size > limit:
@@ -240,25 +260,42 @@ class EventProducer:
         return self._max_message_bytes
 
     async def _send_all(self, records: list[_Outgoing]) -> list[Published]:
-        await self.start()
+        event_ids = [event_id for event_id, _, _, _ in records]
+        try:
+            await self.start()
+        except BrokerUnavailableError as exc:
+            raise _none_sent(exc, event_ids) from exc
         producer = self._producer
         if producer is None:
-            raise BrokerUnavailableError("the producer was stopped")
+            raise BrokerUnavailableError("the producer was stopped", event_ids=event_ids)
+        handed_over: list[bool] = []
         try:
             if len(records) == 1:
                 # One record: send() lets the linger gather it with other writers' records.
                 ((event_id, thread_id, value, headers),) = records
                 queued = await producer.send(self.topic, value=value, key=thread_id.encode(), headers=headers)
+                handed_over.append(True)
                 ack = await queued
                 return [Published(event_id, thread_id, ack.partition, ack.offset)]
-            return await self._send_batches(producer, records)
+            return await self._send_batches(producer, records, handed_over)
         except KafkaError as exc:
+            if handed_over:
+                outcome = (
+                    "records not acknowledged may or may not be on the topic: retry with the same "
+                    "event_ids and the projection keeps one copy"
+                )
+            else:
+                outcome = "none of them was sent"
             raise BrokerUnavailableError(
                 f"publishing {len(records)} records to {self.topic!r} at {self._bootstrap_servers} failed "
-                f"({exc!r}); records not acknowledged may or may not be on the topic"
+                f"({exc!r}); {outcome}",
+                event_ids=event_ids,
+                maybe_durable=bool(handed_over),
             ) from exc
 
-    async def _send_batches(self, producer: AIOKafkaProducer, records: list[_Outgoing]) -> list[Published]:
+    async def _send_batches(
+        self, producer: AIOKafkaProducer, records: list[_Outgoing], handed_over: list[bool]
+    ) -> list[Published]:
         """Send many records as one record batch per partition, not one queued send per record."""
         # A record sent on its own costs a partitioner call, a metadata check and a future of its own,
         # more than encoding and validating it; a batch per partition pays those once. Partitioned as
@@ -288,10 +325,12 @@ class EventProducer:
                     sent.append(
                         (partition, taken, await self._send_batch(producer, batch, partition, deadline))
                     )
+                    handed_over.append(True)
                     batch, taken = producer.create_batch(), list[int]()
                     batch.append(timestamp=None, key=key, value=value, headers=headers)
                 taken.append(index)
             sent.append((partition, taken, await self._send_batch(producer, batch, partition, deadline)))
+            handed_over.append(True)
         acks = await asyncio.gather(*(ack for _, _, ack in sent))
         published: list[Published | None] = [None] * len(records)
         for (partition, taken, _), ack in zip(sent, acks, strict=True):

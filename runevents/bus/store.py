@@ -106,9 +106,15 @@ class BusRunEventStore(ReadTablesStore):
             await self._lookup_pool.close()
         await self._engine.dispose()
 
-    async def publish_batch(self, events: Sequence[Mapping[str, Any]]) -> list[Published]:
-        """Validate and publish events; return once the broker acknowledged them (no seq, no wait)."""
-        prepared = prepare_events(events, max_trace_content=self._max_trace_content)
+    async def publish_batch(
+        self, events: Sequence[Mapping[str, Any]], *, event_ids: Sequence[str] | None = None
+    ) -> list[Published]:
+        """Validate and publish events; return once the broker acknowledged them (no seq, no wait).
+
+        `event_ids`: the ids of a call that failed with `BrokerUnavailableError` (its `event_ids`), to
+        retry it: the projection keeps one copy of each, whatever reached the log the first time.
+        """
+        prepared = prepare_events(events, max_trace_content=self._max_trace_content, event_ids=event_ids)
         return await self._producer.publish_puts(prepared) if prepared else []
 
     async def publish(self, **event: Any) -> Published:
@@ -122,9 +128,15 @@ class BusRunEventStore(ReadTablesStore):
             positions[record.partition] = max(positions.get(record.partition, -1), record.offset)
         await self._watcher.wait(positions, self._wait_timeout_s)
 
-    async def put_batch(self, events: Sequence[Mapping[str, Any]]) -> list[Record]:
-        """Publish events, wait until they are projected, and return their records in input order."""
-        prepared = prepare_events(events, max_trace_content=self._max_trace_content)
+    async def put_batch(
+        self, events: Sequence[Mapping[str, Any]], *, event_ids: Sequence[str] | None = None
+    ) -> list[Record]:
+        """Publish events, wait until they are projected, and return their records in input order.
+
+        `event_ids`: as for `publish_batch`, to retry a call that failed with `BrokerUnavailableError`;
+        an event the first call got onto the log comes back with the seq it was given then.
+        """
+        prepared = prepare_events(events, max_trace_content=self._max_trace_content, event_ids=event_ids)
         if not prepared:
             return []
         await self._ready_to_publish()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -286,9 +287,34 @@ def message_id_of(category: str, content: Any) -> str | None:
 
 
 def prepare_events(
-    events: Sequence[Mapping[str, Any]], *, max_trace_content: int | None = None
+    events: Sequence[Mapping[str, Any]],
+    *,
+    max_trace_content: int | None = None,
+    event_ids: Sequence[str] | None = None,
 ) -> list[PreparedEvent]:
-    """Validate a whole batch before any of it is written; the first bad event names its index."""
+    """Validate a whole batch before any of it is written; the first bad event names its index.
+
+    `event_ids`: the ids the events keep (a retry of a write that may have reached the log), one per
+    event, each a UUID; None gives each a new one.
+    """
     if not isinstance(events, Sequence) or isinstance(events, str | bytes):
         raise InvalidEventError("events", f"must be a list of dicts, got {type(events).__name__}")
-    return [prepare_event(raw, index=i, max_trace_content=max_trace_content) for i, raw in enumerate(events)]
+    ids: Sequence[str | None] = [None] * len(events) if event_ids is None else _checked_ids(event_ids, events)
+    return [
+        prepare_event(raw, index=i, max_trace_content=max_trace_content, event_id=ids[i])
+        for i, raw in enumerate(events)
+    ]
+
+
+def _checked_ids(event_ids: Sequence[str], events: Sequence[Mapping[str, Any]]) -> list[str]:
+    if isinstance(event_ids, str | bytes) or len(event_ids) != len(events):
+        raise InvalidEventError("event_ids", f"must be a list of {len(events)} ids, one an event")
+    checked = []
+    for index, event_id in enumerate(event_ids):
+        try:
+            checked.append(str(uuid.UUID(str(event_id))))
+        except ValueError:
+            raise InvalidEventError("event_ids", f"{event_id!r} is not a UUID", index=index) from None
+    if len(set(checked)) != len(checked):
+        raise InvalidEventError("event_ids", "an id is given twice")
+    return checked

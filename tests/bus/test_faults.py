@@ -15,7 +15,9 @@ from runevents.bus.producer import BrokerUnavailableError
 from runevents.bus.store import BusRunEventStore
 from runevents.bus.topic import create_topic
 from runevents.devstack.broker import LocalBroker
-from tests.bus.conftest import projector_process
+from runevents.errors import InvalidEventError
+from runevents.events import new_event_id
+from tests.bus.conftest import projector_process, running
 from tests.bus.test_projector import assert_gap_free, event, fetch
 
 TOTAL = 20_000
@@ -105,6 +107,10 @@ async def test_an_unreachable_broker_fails_a_put_in_time_with_one_error_naming_i
             message = str(raised.value)
             assert servers in message
             assert "\n" not in message
+            # It names the event it was about; whether that may be on the log depends on how far the
+            # send got, and the message says which.
+            assert len(raised.value.event_ids) == 1
+            assert ("retry with the same event_ids" in message) == raised.value.maybe_durable
         finally:
             await store.close()
 
@@ -118,6 +124,46 @@ async def test_an_unreachable_broker_fails_a_put_in_time_with_one_error_naming_i
         # One line in words: no Python repr of the error or of an address tuple.
         assert "('" not in str(never.value)
         assert "Error(" not in str(never.value)
+        # Nothing was sent: nothing of it can be on the log.
+        assert never.value.maybe_durable is False
+        assert "none of the 1 records was sent" in str(never.value)
+        assert len(never.value.event_ids) == 1
     finally:
         await store.close()
     assert await projected(bus_db) == 0
+
+
+async def test_a_write_retried_with_its_event_ids_is_projected_once_at_its_first_seqs(
+    bus_store: BusRunEventStore, bus_db: str, make_projector: Any
+):
+    events = [event(f"t{n % 3}", n) for n in range(12)]
+    ids = [new_event_id() for _ in events]
+    async with running(make_projector()):
+        first = await bus_store.put_batch(events, event_ids=ids)
+        # The retry of a call whose answer was lost: same ids, so the projector keeps the first copies.
+        again = await bus_store.put_batch(events, event_ids=ids)
+        published = await bus_store.publish_batch(events[:5], event_ids=ids[:5])
+        after = await bus_store.put(**event("t0", 99))
+    assert [r["event_id"] for r in first] == ids
+    assert [(r["event_id"], r["seq"]) for r in again] == [(r["event_id"], r["seq"]) for r in first]
+    assert [p.event_id for p in published] == ids[:5]
+    assert after["seq"] == 5  # t0 held seqs 1-4 once each, whatever was sent twice
+    await assert_gap_free(bus_db, 13)
+
+
+@pytest.mark.parametrize(
+    ("event_ids", "problem"),
+    [
+        (["not-a-uuid"], "is not a UUID"),
+        ([], "must be a list of 1 ids"),
+        ("0190b5a8-0000-7000-8000-000000000000", "must be a list of 1 ids"),
+    ],
+)
+async def test_event_ids_that_are_not_one_uuid_an_event_are_refused_before_anything_is_sent(
+    bus_store: BusRunEventStore, event_ids: Any, problem: str
+):
+    with pytest.raises(InvalidEventError, match=problem):
+        await bus_store.publish_batch([event("t1", 0)], event_ids=event_ids)
+    twice = ["0190b5a8-0000-7000-8000-000000000000"] * 2
+    with pytest.raises(InvalidEventError, match="given twice"):
+        await bus_store.put_batch([event("t1", 0), event("t1", 1)], event_ids=twice)

@@ -177,11 +177,11 @@ async def test_a_durable_broker_killed_and_started_again_keeps_every_acknowledge
     try:
         topic = f"test-durable-{uuid.uuid4().hex[:8]}"
         await create_topic(broker.bootstrap_servers, topic, 3)
-        sent = {}
+        values = [f"v{n}".encode() for n in range(2_000)]
         async with AIOKafkaProducer(bootstrap_servers=broker.bootstrap_servers, acks="all") as producer:
-            for n in range(2_000):
-                metadata = await (await producer.send(topic, f"v{n}".encode(), key=f"k{n % 7}".encode()))
-                sent[metadata.partition, metadata.offset] = f"v{n}".encode()
+            pending = [await producer.send(topic, value, key=value[-1:]) for value in values]
+            acknowledged = await asyncio.gather(*pending)
+        sent = {(m.partition, m.offset): value for m, value in zip(acknowledged, values, strict=True)}
         port = broker.port
         await asyncio.to_thread(broker.kill)  # SIGKILL: no shutdown of its own
         assert not port_is_open(port)
