@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
 import pytest
 
 from runevents.devstack.postgres import LocalPostgres
+from tests.conftest import service_directory
 
 
 def plain_dsn(url: str) -> str:
@@ -30,8 +32,18 @@ def owner_uid(pid: int) -> int:
     return Path(f"/proc/{pid}").stat().st_uid
 
 
-async def test_local_cluster_serves_queries_as_an_unprivileged_user_and_stops(tmp_path: Path) -> None:
-    data_dir = tmp_path / "cluster"
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    """A data directory of the test's own, removed afterwards.
+
+    Not under pytest's basetemp: another pytest session starting meanwhile takes the traversal bits off
+    `pytest-of-<user>`, and the server user (when the tests run as root) could no longer reach its data.
+    """
+    with service_directory("local-postgres") as directory:
+        yield directory / "cluster"
+
+
+async def test_local_cluster_serves_queries_as_an_unprivileged_user_and_stops(data_dir: Path) -> None:
     server = LocalPostgres(data_dir)
     await asyncio.to_thread(server.start)
     try:
@@ -74,11 +86,11 @@ async def test_local_cluster_serves_queries_as_an_unprivileged_user_and_stops(tm
     server.stop()  # a second stop is a no-op
 
 
-def test_a_failed_start_reports_the_server_log(tmp_path: Path) -> None:
+def test_a_failed_start_reports_the_server_log(data_dir: Path) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        server = LocalPostgres(tmp_path / "cluster", port=taken.getsockname()[1])
+        server = LocalPostgres(data_dir, port=taken.getsockname()[1])
         with pytest.raises(RuntimeError, match="could not bind"):
             server.start()
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +21,7 @@ from runevents.tables.failures import ReadFailedError
 from runevents.tables.migrate import upgrade_async
 from runevents.tables.sql import engine_for
 from runevents.tables.writes import libpq_dsn
+from tests.conftest import service_directory
 from tests.services import missing_tool
 
 IS_SSL = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
@@ -40,34 +40,39 @@ def server_with_tls() -> Path | None:
 
 
 @pytest.fixture(scope="module")
-def tls_postgres(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPostgres]:
-    """A PostgreSQL cluster of its own that takes TLS, its certificate issued to 127.0.0.1 by `ca`."""
+def tls_postgres(ca: trustme.CA) -> Iterator[LocalPostgres]:
+    """A PostgreSQL cluster of its own that takes TLS, its certificate issued to 127.0.0.1 by `ca`.
+
+    Its data is not under pytest's basetemp: another pytest session starting meanwhile takes the
+    traversal bits off `pytest-of-<user>`, and the server user (the tests run as root) could no longer
+    reach it.
+    """
     bin_dir = server_with_tls()
     if bin_dir is None:
         missing_tool("no PostgreSQL built with TLS (Debian's postgresql package) is installed")
-    data = tmp_path_factory.mktemp("tls") / "pg"
-    # Initialized first, then given its key: the key goes in the data directory, as the server's own.
-    first = LocalPostgres(data, bin_dir=bin_dir)
-    first.start()
-    first.stop()
-    cert = ca.issue_cert("127.0.0.1")
-    cert.cert_chain_pems[0].write_to_path(str(data / "server.crt"))
-    cert.private_key_pem.write_to_path(str(data / "server.key"))
-    owner = data.stat()
-    for name in ("server.crt", "server.key"):
-        os.chown(data / name, owner.st_uid, owner.st_gid)
-        os.chmod(data / name, 0o600)  # PostgreSQL refuses a key others can read
-    server = LocalPostgres(
-        data,
-        bin_dir=bin_dir,
-        server_settings={"ssl": "on", "ssl_cert_file": "server.crt", "ssl_key_file": "server.key"},
-    )
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(data, ignore_errors=True)
+    with service_directory("tls-postgres") as directory:
+        data = directory / "pg"
+        # Initialized first, then given its key: the key goes in the data directory, as the server's own.
+        first = LocalPostgres(data, bin_dir=bin_dir)
+        first.start()
+        first.stop()
+        cert = ca.issue_cert("127.0.0.1")
+        cert.cert_chain_pems[0].write_to_path(str(data / "server.crt"))
+        cert.private_key_pem.write_to_path(str(data / "server.key"))
+        owner = data.stat()
+        for name in ("server.crt", "server.key"):
+            os.chown(data / name, owner.st_uid, owner.st_gid)
+            os.chmod(data / name, 0o600)  # PostgreSQL refuses a key others can read
+        server = LocalPostgres(
+            data,
+            bin_dir=bin_dir,
+            server_settings={"ssl": "on", "ssl_cert_file": "server.crt", "ssl_key_file": "server.key"},
+        )
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
 
 
 def tls_settings(server: LocalPostgres, mode: str, root: Path | None) -> Settings:
