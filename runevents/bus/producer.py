@@ -87,6 +87,12 @@ class EventTooLargeError(InvalidEventError):
     """An event's record is larger than the topic's `max.message.bytes`."""
 
 
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """Take a given-up future's outcome, so asyncio does not log it as never retrieved."""
+    if not future.cancelled():
+        future.exception()
+
+
 def _none_sent(error: BrokerUnavailableError, event_ids: Sequence[str]) -> BrokerUnavailableError:
     """`error` of a producer that could not start, for a call whose records were never sent."""
     return BrokerUnavailableError(
@@ -269,15 +275,18 @@ class EventProducer:
         if producer is None:
             raise BrokerUnavailableError("the producer was stopped", event_ids=event_ids)
         handed_over: list[bool] = []
+        # By this the records are queued, and one request timeout later acknowledged: an idempotent
+        # aiokafka producer retries a batch without end while its partition takes no writes.
+        deadline = asyncio.get_running_loop().time() + self._options["request_timeout_ms"] / 1000
         try:
             if len(records) == 1:
                 # One record: send() lets the linger gather it with other writers' records.
                 ((event_id, thread_id, value, headers),) = records
                 queued = await producer.send(self.topic, value=value, key=thread_id.encode(), headers=headers)
                 handed_over.append(True)
-                ack = await queued
+                (ack,) = await self._acknowledged([queued], deadline)
                 return [Published(event_id, thread_id, ack.partition, ack.offset)]
-            return await self._send_batches(producer, records, handed_over)
+            return await self._send_batches(producer, records, handed_over, deadline)
         except KafkaError as exc:
             if handed_over:
                 outcome = (
@@ -293,8 +302,19 @@ class EventProducer:
                 maybe_durable=bool(handed_over),
             ) from exc
 
+    async def _acknowledged(self, queued: Sequence[asyncio.Future[Any]], deadline: float) -> list[Any]:
+        """The broker's acks of `queued`; KafkaTimeoutError one request timeout past `deadline`."""
+        acks = asyncio.gather(*queued)
+        try:
+            async with asyncio.timeout_at(deadline + self._options["request_timeout_ms"] / 1000):
+                # Shielded: cancelling aiokafka's futures would not take the batches back.
+                return await asyncio.shield(acks)
+        except TimeoutError:
+            acks.add_done_callback(_retrieved)
+            raise KafkaTimeoutError("the broker acknowledged none of the batches in time") from None
+
     async def _send_batches(
-        self, producer: AIOKafkaProducer, records: list[_Outgoing], handed_over: list[bool]
+        self, producer: AIOKafkaProducer, records: list[_Outgoing], handed_over: list[bool], deadline: float
     ) -> list[Published]:
         """Send many records as one record batch per partition, not one queued send per record."""
         # A record sent on its own costs a partitioner call, a metadata check and a future of its own,
@@ -314,7 +334,6 @@ class EventProducer:
             by_partition.setdefault(partition, []).append(index)
         # (partition, indexes of the records in the batch, the batch's ack), in send order.
         sent: list[tuple[int, list[int], asyncio.Future[Any]]] = []
-        deadline = asyncio.get_running_loop().time() + self._options["request_timeout_ms"] / 1000
         for partition, indexes in by_partition.items():
             batch, taken = producer.create_batch(), list[int]()
             for index in indexes:
@@ -331,7 +350,7 @@ class EventProducer:
                 taken.append(index)
             sent.append((partition, taken, await self._send_batch(producer, batch, partition, deadline)))
             handed_over.append(True)
-        acks = await asyncio.gather(*(ack for _, _, ack in sent))
+        acks = await self._acknowledged([ack for _, _, ack in sent], deadline)
         published: list[Published | None] = [None] * len(records)
         for (partition, taken, _), ack in zip(sent, acks, strict=True):
             # A batch's records take consecutive offsets from the one the broker gave the batch.

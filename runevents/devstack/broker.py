@@ -158,6 +158,16 @@ class LocalBroker:
         process.kill()
         process.wait(timeout=_STOP_TIMEOUT_S)
 
+    def pause(self) -> None:
+        """Freeze the broker (SIGSTOP): its connections stay open and nothing is answered."""
+        if self._process is not None:
+            self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Let a paused broker go on (SIGCONT)."""
+        if self._process is not None:
+            self._process.send_signal(signal.SIGCONT)
+
     def restart(self) -> None:
         """Stop the broker and start it again on the same port; memory storage loses every topic."""
         self.stop()

@@ -133,6 +133,33 @@ async def test_an_unreachable_broker_fails_a_put_in_time_with_one_error_naming_i
     assert await projected(bus_db) == 0
 
 
+async def test_a_broker_that_answers_nothing_fails_a_put_batch_within_two_request_timeouts(
+    bus_db: str, tmp_path: Path
+):
+    # A frozen broker keeps its connections open and answers nothing: no connection error comes, and
+    # an idempotent aiokafka producer would retry the batch for ever. The call must still end, saying
+    # its records may be on the log.
+    with LocalBroker(tmp_path / "broker") as broker:
+        servers = broker.bootstrap_servers
+        await create_topic(servers, "frozen", partitions=2)
+        options: dict[str, Any] = {"request_timeout_ms": 1500}
+        store = BusRunEventStore(servers, bus_db, topic="frozen", producer_options=options, wait_timeout_s=2)
+        try:
+            await store.publish(**event("t1", 0))  # connected, metadata cached
+            broker.pause()
+            started = time.monotonic()
+            with pytest.raises(BrokerUnavailableError) as raised:
+                await store.put_batch([event(f"t{n}", n) for n in range(8)])
+            waited = time.monotonic() - started
+            assert waited < 2 * 1.5 + 1.5, f"put_batch waited {waited:.1f} s on a broker answering nothing"
+            assert raised.value.maybe_durable is True
+            assert len(raised.value.event_ids) == 8
+            assert "retry with the same event_ids" in str(raised.value)
+        finally:
+            broker.resume()
+            await store.close()
+
+
 async def test_a_write_retried_with_its_event_ids_is_projected_once_at_its_first_seqs(
     bus_store: BusRunEventStore, bus_db: str, make_projector: Any
 ):
