@@ -8,7 +8,9 @@ event committed; (3) `put` with read-your-writes from 64 coroutines, on distinct
 hot thread; and the latency of one `put` at a time against a raw aiokafka `send_and_wait` to the
 same broker.
 Each rate is set against a raw asyncpg COPY of the same number of rows into a copy of `run_events`,
-measured in the same repetition, and printed beside issue 6's target for that ratio.
+measured in the same repetition, and printed beside issue 6's target for that ratio. Beside the rates,
+the CPU each role used per event of the drain: this process filling the topic, the projectors draining
+it, the PostgreSQL server and the broker (`bench.cpu`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -34,9 +36,11 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from sqlalchemy.engine import URL
 
+from bench import cpu
 from bench.events import COLUMNS, make_event, table_row
 from bench.machine import load
 from bench.postgres import postgres_server, scratch_database
+from bench.roles import Servers, cpu_line, median_us
 from runevents.bus.store import BusRunEventStore
 from runevents.bus.topic import create_topic
 from runevents.devstack.broker import LocalBroker
@@ -49,6 +53,8 @@ PROJECTORS: Final = 2
 THREADS: Final = 1_000
 PUBLISHERS: Final = 4
 PUBLISH_BATCH: Final = 500
+# The drain's backlog goes out in publish_batch calls of the size issue 19's publisher target is set for.
+FILL_BATCH: Final = 100
 COROUTINES: Final = 64
 COPY_SCHEMA: Final = "bench_copy"
 
@@ -75,6 +81,8 @@ QUICK: Final = Workload(
 TARGETS: Final = {"drain": 0.60, "live": 0.40, "put": 0.063, "hot": 0.034}
 LATENCY_TARGET: Final = 3.0  # put p50 / send_and_wait p50
 RSS_TARGET: Final = 2.0  # projector peak RSS, large backlog / small backlog
+# Issue 19's targets, µs of CPU per event (user+sys); PostgreSQL's figure is the floor, with no target.
+CPU_TARGETS_US: Final = {"publisher": 20.0, "projector": 20.0}
 
 
 @contextlib.contextmanager
@@ -132,19 +140,22 @@ async def rows(admin: asyncpg.Connection) -> int:
     return int(await admin.fetchval("SELECT coalesce(sum(event_count), 0) FROM thread_counters"))
 
 
-async def until_rows(admin: asyncpg.Connection, count: int) -> None:
-    """Return once the read tables hold `count` events."""
-    while await rows(admin) < count:  # noqa: ASYNC110 (polling the database, not waiting on this process)
+async def until_rows(admin: asyncpg.Connection, count: int) -> int:
+    """Return, with their number, once the read tables hold at least `count` events."""
+    while (held := await rows(admin)) < count:  # noqa: ASYNC110 (polling the database, not this process)
         await asyncio.sleep(0.01)
+    return held
 
 
-async def publish(store: BusRunEventStore, batch: Sequence[dict[str, Any]]) -> None:
-    """Publish `batch` in chunks from `PUBLISHERS` concurrent publishers."""
-    chunks = iter(range(0, len(batch), PUBLISH_BATCH))
+async def publish(
+    store: BusRunEventStore, batch: Sequence[dict[str, Any]], size: int = PUBLISH_BATCH
+) -> None:
+    """Publish `batch` in chunks of `size` from `PUBLISHERS` concurrent publishers."""
+    chunks = iter(range(0, len(batch), size))
 
     async def publisher() -> None:
         for start in chunks:
-            await store.publish_batch(batch[start : start + PUBLISH_BATCH])
+            await store.publish_batch(batch[start : start + size])
 
     await asyncio.gather(*(publisher() for _ in range(PUBLISHERS)))
 
@@ -212,24 +223,50 @@ async def empty(admin: asyncpg.Connection) -> None:
     )
 
 
+@dataclass(frozen=True)
+class Drain:
+    """A drain's rate, the projectors' peak RSS, and µs of CPU per event by role."""
+
+    rate: float
+    rss_mib: float
+    cpu_us: dict[str, float]
+
+
 async def drain(
-    kafka: str, url: URL, admin: asyncpg.Connection, topic: str, count: int
-) -> tuple[float, float]:
-    """Events/s of projecting `count` pre-published events (group join included), and peak RSS MiB."""
+    kafka: str, url: URL, admin: asyncpg.Connection, topic: str, count: int, servers: Servers
+) -> Drain:
+    """Project `count` pre-published events: events/s (group join included), peak RSS, CPU per event.
+
+    The CPU is read in two windows: this process publishing the backlog (the publisher; PostgreSQL and
+    the broker beside it), then the projectors from the first rows they commit to the last (their start
+    and group join left out; PostgreSQL and the broker again). PostgreSQL's and the broker's figures
+    are the two windows' per-event figures added up.
+    """
+    backlog = events(count, "drain")
     store = BusRunEventStore(kafka, libpq_dsn(url), topic=topic)
     try:
-        await publish(store, events(count, "drain"))
+        filling = cpu.Meter({"publisher": cpu.processes(os.getpid()), **servers.roles()})
+        await publish(store, backlog, FILL_BATCH)
+        filled = filling.seconds()
     finally:
         await store.close()
     started = time.perf_counter()
     with projectors(kafka, url, topic) as processes:
+        first = await until_rows(admin, 1)
+        draining = cpu.Meter({"projector": cpu.processes(*(p.pid for p in processes)), **servers.roles()})
         await until_rows(admin, count)
         rate = count / (time.perf_counter() - started)
-        return rate, peak_rss_mib(processes)
+        drained = draining.seconds()
+        rss = peak_rss_mib(processes)
+    # A backlog committed in one go before the first look leaves no drain window to divide by.
+    windows = [(filled, count), (drained, count - first)] if first < count else [(filled, count)]
+    return Drain(rate, rss, cpu.per_event_us(*windows))
 
 
-async def repetition(kafka: str, url: URL, admin: asyncpg.Connection, work: Workload) -> dict[str, float]:
-    """One round of the measurements and their COPY baselines; events/s (and ms, MiB) by name."""
+async def repetition(
+    kafka: str, url: URL, admin: asyncpg.Connection, work: Workload, servers: Servers
+) -> dict[str, float]:
+    """One round of the measurements and their COPY baselines; events/s (and ms, MiB, µs) by name."""
     rates: dict[str, float] = {}
 
     async def fresh_topic() -> str:
@@ -239,9 +276,12 @@ async def repetition(kafka: str, url: URL, admin: asyncpg.Connection, work: Work
         return topic
 
     # (1) drain a pre-filled topic: a large backlog, then a small one for the memory comparison
-    rates["drain"], rates["rss large"] = await drain(kafka, url, admin, await fresh_topic(), work.drained)
+    large = await drain(kafka, url, admin, await fresh_topic(), work.drained, servers)
+    rates["drain"], rates["rss large"] = large.rate, large.rss_mib
+    rates.update({f"{role} cpu": us for role, us in large.cpu_us.items()})
     rates["drain copy"] = await copy_rate(admin, work.drained)
-    _, rates["rss small"] = await drain(kafka, url, admin, await fresh_topic(), work.small_drain)
+    small = await drain(kafka, url, admin, await fresh_topic(), work.small_drain, servers)
+    rates["rss small"] = small.rss_mib
 
     # (2) live writers, projectors running; (3) put with read-your-writes
     topic = await fresh_topic()
@@ -283,9 +323,10 @@ async def run(kafka: str, kafka_description: str, server: URL, description: str,
     print(
         f"heap: glibc M_TOP_PAD {HEAP_TOP_PAD >> 20} MiB in this process and the projectors (runevents.heap)"
     )
+    servers = await Servers.find(server, kafka)
     async with with_copy_table(server) as (url, admin):
         print(f"load average before: {load()}")
-        runs = [await repetition(kafka, url, admin, work) for _ in range(work.repetitions)]
+        runs = [await repetition(kafka, url, admin, work, servers) for _ in range(work.repetitions)]
         print(f"load average after:  {load()}")
     print(f"{'':46}{'bus ev/s':>10}{'COPY ev/s':>11}{'bus/COPY':>10}{'target':>8}")
     labels = {
@@ -300,6 +341,9 @@ async def run(kafka: str, kafka_description: str, server: URL, description: str,
         ratio = statistics.median(run[name] / run[f"{name} copy"] for run in runs)
         verdict = "met" if ratio >= TARGETS[name] else "MISSED"
         print(f"{label:46}{bus:>10,.0f}{copy:>11,.0f}{ratio:>10.3f}{TARGETS[name]:>8.3f}  {verdict}")
+    print(f"CPU per event of the drain ({work.drained:,} events), user+sys, median of {len(runs)}:")
+    for line in cpu_lines(runs, "the drain"):
+        print(line)
 
     def median(key: str) -> float:
         return statistics.median(run[key] for run in runs)
@@ -317,6 +361,29 @@ async def run(kafka: str, kafka_description: str, server: URL, description: str,
         f"{median('rss small'):.0f} MiB draining {work.small_drain:,}; ratio {rss:.2f} "
         f"(target <= {RSS_TARGET:.0f}: {'met' if rss <= RSS_TARGET else 'MISSED'})"
     )
+
+
+def cpu_lines(runs: Sequence[Mapping[str, float]], drain: str) -> list[str]:
+    """The drain's `<role> CPU/event` lines, from the runs' '<role> cpu' figures."""
+    floor = median_us(runs, "postgresql cpu")
+    return [
+        cpu_line(
+            "publisher",
+            median_us(runs, "publisher cpu"),
+            f"this process filling the topic: publish_batch of {FILL_BATCH} events, {PUBLISHERS} at once",
+            target=CPU_TARGETS_US["publisher"],
+            floor=floor,
+        ),
+        cpu_line(
+            "projector",
+            median_us(runs, "projector cpu"),
+            f"the {PROJECTORS} projector processes in {drain}, from the first rows committed",
+            target=CPU_TARGETS_US["projector"],
+            floor=floor,
+        ),
+        cpu_line("postgresql", floor, f"every server process, filling and in {drain}"),
+        cpu_line("broker", median_us(runs, "broker cpu"), f"the broker, filling and in {drain}", floor=floor),
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> None:

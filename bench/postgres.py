@@ -14,6 +14,7 @@ from typing import Final
 import asyncpg
 from sqlalchemy.engine import URL, make_url
 
+from bench import cpu
 from runevents.devstack.postgres import LocalPostgres
 from runevents.tables import migrate
 from runevents.tables.writes import libpq_dsn
@@ -59,3 +60,25 @@ async def scratch_database(server: URL) -> AsyncIterator[URL]:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
             await admin.close()
+
+
+async def postmaster_pid(server: URL) -> int | None:
+    """The pid of `server`'s postmaster when it runs on this machine and /proc shows it; else None."""
+    connection = await asyncpg.connect(libpq_dsn(server))
+    try:
+        backend, client_port = await connection.fetchrow("SELECT pg_backend_pid(), inet_client_port()")
+        return server_parent(backend, client_port)  # while the backend lives
+    finally:
+        await connection.close()
+
+
+def server_parent(backend: int, client_port: int | None) -> int | None:
+    """The parent of the PostgreSQL backend `backend` serving `client_port`, if /proc shows that backend."""
+    # A pid from another machine or namespace can name some other process here; our backend's title
+    # ("postgres: user db 127.0.0.1(port) idle") names our connection's port.
+    try:
+        title = Path(f"/proc/{backend}/cmdline").read_bytes()
+        postmaster = cpu.parent(backend)
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return postmaster if client_port is not None and f"({client_port})".encode() in title else None

@@ -7,7 +7,9 @@ partition, in this process), timed until it has caught up; then the same events,
 deer-flow JSONL directory, are backfilled onto a fresh topic while two projectors apply them: the
 backfill's own rate (read, checked against the read tables, published) and the rate until every
 event is in the read tables; then a raw asyncpg COPY of as many rows. Each rate is printed with its
-ratio to the COPY, and replay's and backfill's to the live drain.
+ratio to the COPY, and replay's and backfill's to the live drain; beside them, the CPU per event of
+each role (`bench.cpu`): this process filling the topic, the projectors, PostgreSQL and the broker in
+the live drain, and this process replaying and backfilling.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -29,20 +31,22 @@ import asyncpg
 import orjson
 from sqlalchemy.engine import URL
 
+from bench import cpu
 from bench.bus_e2e import (
     PARTITIONS,
     broker,
     copy_rate,
+    cpu_lines,
+    drain,
     empty,
     events,
     projectors,
-    publish,
     until_rows,
     with_copy_table,
 )
 from bench.machine import load
 from bench.postgres import postgres_server
-from runevents.bus.store import BusRunEventStore
+from bench.roles import Servers, cpu_line, median_us
 from runevents.bus.topic import create_topic
 from runevents.ops.backfill import backfill
 from runevents.ops.backfill_sources import JsonlSource
@@ -62,25 +66,24 @@ DEFAULT: Final = Workload(events=200_000, repetitions=3)
 QUICK: Final = Workload(events=20_000, repetitions=1)
 
 
-async def repetition(kafka: str, url: URL, admin: asyncpg.Connection, work: Workload) -> dict[str, float]:
-    """One round: fill a topic, drain it live, replay it, COPY as many rows; events/s by name."""
+async def repetition(
+    kafka: str, url: URL, admin: asyncpg.Connection, work: Workload, servers: Servers
+) -> dict[str, float]:
+    """One round: fill a topic, drain it live, replay it, COPY as many rows; events/s (and µs) by name."""
     topic = f"bench-{uuid.uuid4().hex[:10]}"
     await create_topic(kafka, topic, partitions=PARTITIONS)
     await empty(admin)
-    store = BusRunEventStore(kafka, libpq_dsn(url), topic=topic)
-    try:
-        await publish(store, events(work.events, "replay"))
-    finally:
-        await store.close()
-    rates: dict[str, float] = {}
-    started = time.perf_counter()
-    with projectors(kafka, url, topic):
-        await until_rows(admin, work.events)
-        rates["live"] = work.events / (time.perf_counter() - started)
+    live = await drain(kafka, url, admin, topic, work.events, servers)
+    rates = {"live": live.rate} | {f"{role} cpu": us for role, us in live.cpu_us.items()}
     projection = f"replayed_{uuid.uuid4().hex[:8]}"
+    # The replay's projector runs in this process, which does nothing else meanwhile.
+    replaying = cpu.Meter({"replay": cpu.processes(os.getpid()), **servers.roles()})
     replayed = await replay(kafka, libpq_dsn(url), projection=projection, topic=topic)
+    used = replaying.seconds()
     assert replayed.caught_up
     rates["replay"] = replayed.rate
+    for role, us in cpu.per_event_us((used, replayed.records)).items():
+        rates["replay cpu" if role == "replay" else f"{role} cpu in replay"] = us
     await admin.execute(f"DROP SCHEMA {projection} CASCADE")
     rates.update(await backfill_rates(kafka, url, admin, work))
     rates["copy"] = await copy_rate(admin, work.events)
@@ -111,11 +114,15 @@ async def backfill_rates(kafka: str, url: URL, admin: asyncpg.Connection, work: 
         source = JsonlSource(Path(directory))
         started = time.perf_counter()
         with projectors(kafka, url, topic):
+            # The projectors are processes of their own: this process's CPU is the backfill's.
+            backfilling = cpu.Meter({"backfill": cpu.processes(os.getpid())})
             done = await backfill(source, kafka, libpq_dsn(url), topic=topic)
+            used = backfilling.seconds()
             assert done.imported == work.events, done
             await until_rows(admin, work.events)
             projected = time.perf_counter() - started
-    return {"backfill": done.rate, "backfill_projected": work.events / projected}
+    rates = {"backfill": done.rate, "backfill_projected": work.events / projected}
+    return rates | {f"{role} cpu": us for role, us in cpu.per_event_us((used, done.imported)).items()}
 
 
 async def run(kafka: str, kafka_description: str, server: URL, description: str, work: Workload) -> None:
@@ -123,9 +130,10 @@ async def run(kafka: str, kafka_description: str, server: URL, description: str,
     print(f"runevents bench replay: median of {work.repetitions}, {os.cpu_count()} CPUs")
     print(f"PostgreSQL: {description}; Kafka: {kafka_description}")
     print(f"a topic of {PARTITIONS} partitions holding {work.events:,} events")
+    servers = await Servers.find(server, kafka)
     async with with_copy_table(server) as (url, admin):
         print(f"load average before: {load()}")
-        runs = [await repetition(kafka, url, admin, work) for _ in range(work.repetitions)]
+        runs = [await repetition(kafka, url, admin, work, servers) for _ in range(work.repetitions)]
         print(f"load average after:  {load()}")
     print(f"{'':58}{'ev/s':>10}{'of COPY':>9}")
     labels = {
@@ -142,6 +150,34 @@ async def run(kafka: str, kafka_description: str, server: URL, description: str,
     for name in ("replay", "backfill", "backfill_projected"):
         share = statistics.median(run[name] / run["live"] for run in runs)
         print(f"{name} / live drain: {share:.2f}")
+    print(f"CPU per event, user+sys, median of {len(runs)}:")
+    for line in [*cpu_lines(runs, "the live drain"), *rebuild_cpu_lines(runs)]:
+        print(line)
+
+
+def rebuild_cpu_lines(runs: Sequence[Mapping[str, float]]) -> list[str]:
+    """The replay's and the backfill's `<role> CPU/event` lines: this process's CPU in each."""
+    floor = median_us(runs, "postgresql cpu")
+    beside = [
+        f"{role} {us:.1f} µs"
+        for role in ("postgresql", "broker")
+        if (us := median_us(runs, f"{role} cpu in replay")) is not None
+    ]
+    replaying = "this process replaying: one projector over every partition"
+    return [
+        cpu_line(
+            "replay",
+            median_us(runs, "replay cpu"),
+            f"{replaying}; beside it {', '.join(beside)}" if beside else replaying,
+            floor=floor,
+        ),
+        cpu_line(
+            "backfill",
+            median_us(runs, "backfill cpu"),
+            "this process backfilling: JSONL read, checked against the read tables, published",
+            floor=floor,
+        ),
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -6,7 +6,8 @@ ORM session, one transaction per call with `pg_advisory_xact_lock(hashtext(threa
 `SELECT max(seq)+1`); the same seq rule done lean ("naive": raw asyncpg, the store's own rows, into a
 copy of `run_events`), a stricter baseline than deer-flow's; and a raw asyncpg
 `copy_records_to_table` of the same rows into another copy. Every table is emptied before every
-measurement, so each starts from the same state.
+measurement, so each starts from the same state. Each measurement's CPU per event is read from /proc
+(`bench.cpu`) for this process (the writer) and the PostgreSQL server.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ from typing import Any, Final
 import asyncpg
 from sqlalchemy.engine import URL
 
-from bench import deerflow_store
+from bench import cpu, deerflow_store
 from bench.deerflow_store import DeerFlowStore
 from bench.events import COLUMNS, Event, make_event, table_row
 from bench.machine import load
 from bench.postgres import postgres_server, scratch_database
+from bench.roles import Servers, cpu_line, median_us
 from runevents.tables.sql import SqlRunEventStore
 from runevents.tables.writes import libpq_dsn
 
@@ -41,6 +43,7 @@ COPY_CONNECTIONS: Final = 2
 NAIVE_SCHEMA: Final = "bench_naive"
 COPY_SCHEMA: Final = "bench_copy"
 WAYS: Final = ("store", "naive", "deerflow", "copy")
+WRITER_CPU_TARGET_US: Final = 12.0  # issue 19: this process's CPU per event in (a) through the store
 
 Timed = Callable[[], Awaitable[None]]
 
@@ -249,17 +252,22 @@ async def empty_tables(admin: asyncpg.Connection) -> None:
     await admin.execute("CHECKPOINT")
 
 
-async def repetition(admin: asyncpg.Connection, plan: list[Measurement], number: int) -> dict[str, float]:
-    """One round of every measurement, the three ways in a rotating order; events/s by 'a store' etc."""
+async def repetition(
+    admin: asyncpg.Connection, plan: list[Measurement], number: int, servers: Servers
+) -> dict[str, float]:
+    """Every measurement, ways in a rotating order: events/s by 'a store', CPU µs by 'a store cpu writer'."""
     rates: dict[str, float] = {}
     order = WAYS[number % len(WAYS) :] + WAYS[: number % len(WAYS)]
     for measurement in plan:
         for way in order:
             await empty_tables(admin)
             timed = measurement.ways[way]()
+            meter = cpu.Meter({"writer": cpu.processes(os.getpid()), **servers.roles()})
             started = time.perf_counter()
             await timed()
             rates[f"{measurement.name} {way}"] = len(measurement.events) / (time.perf_counter() - started)
+            for role, us in cpu.per_event_us((meter.seconds(), len(measurement.events))).items():
+                rates[f"{measurement.name} {way} cpu {role}"] = us
             stored = await admin.fetchval(f"SELECT count(*) FROM {TABLES[way]}")
             if stored != len(measurement.events):
                 raise RuntimeError(
@@ -297,6 +305,35 @@ def report(runs: list[dict[str, float]], plan: list[Measurement]) -> None:
             f"{ratio(f'{m.name} deerflow', f'{m.name} copy'):>15.4f}"
             f"   {m.target}: {'met' if met else 'MISSED'} ({len(m.events):,} events)"
         )
+    report_cpu(runs, plan)
+
+
+def report_cpu(runs: list[dict[str, float]], plan: list[Measurement]) -> None:
+    """Print µs of CPU per event of each workload and way, then the store's (a) as `<role> CPU/event`."""
+    print(f"CPU per event, µs, this process / PostgreSQL, user+sys, median of {len(runs)}:")
+    print(f"{'':34}" + "".join(f"{way:>16}" for way in ("store", "deer-flow", "naive", "COPY")) + "  1 tick")
+    for m in plan:
+        cells = [
+            " / ".join(
+                "-" if (us := median_us(runs, f"{m.name} {way} cpu {role}")) is None else f"{us:.1f}"
+                for role in ("writer", "postgresql")
+            )
+            for way in ("store", "deerflow", "naive", "copy")
+        ]
+        tick = 1e6 / cpu.TICKS_PER_S / len(m.events)  # /proc counts whole ticks: the figures' step
+        print(f"{m.label:34}" + "".join(f"{cell:>16}" for cell in cells) + f"{tick:>8.1f}")
+    (batched,) = [m for m in plan if m.name == "a"]
+    floor = median_us(runs, "a store cpu postgresql")
+    print(
+        cpu_line(
+            "writer",
+            median_us(runs, "a store cpu writer"),
+            f"this process in {batched.label} through SqlRunEventStore",
+            target=WRITER_CPU_TARGET_US,
+            floor=floor,
+        )
+    )
+    print(cpu_line("postgresql", floor, f"every server process in {batched.label} through the store"))
 
 
 async def run(server: URL, description: str, workload: Workload) -> None:
@@ -320,14 +357,15 @@ async def run(server: URL, description: str, workload: Workload) -> None:
                 await admin.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = off)")
             plan = measurements(Writers(store, pool), workload)
             # Warm up connections, prepared statements and caches on a small round of the same workloads.
-            await repetition(admin, measurements(Writers(store, pool), WARM_UP), 0)
+            servers = await Servers.find(server)
+            await repetition(admin, measurements(Writers(store, pool), WARM_UP), 0, servers)
             row_bytes = await sample_row_bytes(admin, plan[0])
             print(
                 f"rows: {row_bytes:.0f} bytes on average (pg_column_size); store pool_size={POOL_SIZE}, "
                 f"naive pool {POOL_SIZE} connections, COPY on {COPY_CONNECTIONS}"
             )
             print(f"load average before: {load()}")
-            runs = [await repetition(admin, plan, number) for number in range(workload.repetitions)]
+            runs = [await repetition(admin, plan, number, servers) for number in range(workload.repetitions)]
             report(runs, plan)
             print(f"load average after:  {load()}")
         finally:
