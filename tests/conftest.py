@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import tempfile
 import uuid
@@ -13,7 +14,9 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import URL, make_url
 
-from tests.services import kafka_for_tests, postgres_for_tests
+from runevents.devstack.broker import LocalBroker, LocalBrokerError
+from runevents.devstack.s3 import LocalS3Error
+from tests.services import KAFKA_ENV, kafka_for_tests, missing_tool, postgres_for_tests
 
 # Which server ran, for the summary line; set only when a test asked for PostgreSQL.
 POSTGRES_DESCRIPTION = pytest.StashKey[str]()
@@ -57,6 +60,27 @@ def kafka_bootstrap(pytestconfig: pytest.Config) -> Iterator[str]:
             yield bootstrap
         finally:
             stop()
+
+
+@pytest.fixture
+def durable_broker() -> Iterator[LocalBroker]:
+    """A broker of the test's own whose log survives its crash (Tansu on a local S3 server), to kill.
+
+    `RUNEVENTS_TEST_KAFKA` names the session's broker; a test that crashes one needs its own, so with
+    it set these tests skip, saying why.
+    """
+    if os.environ.get(KAFKA_ENV):
+        pytest.skip(f"{KAFKA_ENV} names the broker; the broker-crash tests kill a broker of their own")
+    with service_directory("durable-kafka") as directory:
+        broker = LocalBroker(directory, durable=True)
+        try:
+            broker.start()
+        except (LocalBrokerError, LocalS3Error, ImportError) as error:
+            missing_tool(f"a durable broker could not start: {str(error).splitlines()[0]}")
+        try:
+            yield broker
+        finally:
+            broker.shutdown()
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
