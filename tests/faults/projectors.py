@@ -22,6 +22,8 @@ _WRITING_BACKENDS = (
 )
 
 PORTS_TTL_S = 0.5
+# How long a stuck projector gets to print its stacks when asked.
+STACKS_WAIT_S = 3.0
 
 
 def local_tcp_ports(pid: int) -> set[int]:
@@ -90,14 +92,34 @@ class ProjectorProcess:
         try:
             code = self.process.wait(timeout=within_s)
         except subprocess.TimeoutExpired:
-            # What it was doing when it did not stop is the only clue there will be: kill it, say it.
-            self.wait_killed()
+            # What it was doing when it did not stop is the only clue there will be: its stacks, then
+            # everything it printed.
+            self.dump_stacks_and_kill()
             raise AssertionError(
-                f"{self.name} did not end within {within_s} s of {how.name}; its last lines:\n"
-                + "\n".join(self.output().splitlines()[-40:])
+                f"{self.name} did not end within {within_s} s of {how.name}; all it printed, its stacks "
+                f"last:\n{self.output()}"
             ) from None
         self._reader.join(timeout=10)
         return code
+
+    def dump_stacks_and_kill(self) -> None:
+        """Have the process print where it is stuck, then kill it and read its output to the end.
+
+        SIGUSR1: `runevents project` prints what each asyncio task awaits and each thread's stack. If
+        its event loop is stuck, nothing answers that: SIGABRT, on which faulthandler prints the threads.
+        """
+        for how in (signal.SIGUSR1, signal.SIGABRT):
+            if self.process.poll() is not None:
+                break
+            printed = len(self._lines)
+            self.process.send_signal(how)
+            deadline = time.monotonic() + STACKS_WAIT_S
+            while len(self._lines) == printed and self.process.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.5)  # the rest of the stacks
+            if len(self._lines) > printed:
+                break
+        self.wait_killed()
 
     def wait_killed(self) -> None:
         """Kill the process if it still runs, and collect it."""
@@ -110,8 +132,9 @@ class ProjectorProcess:
 class ProjectorFleet:
     """The projector processes of one projection; fails loudly when one dies on its own."""
 
-    def __init__(self, kafka: str, url: str, topic: str, *options: str) -> None:
+    def __init__(self, kafka: str, url: str, topic: str, *options: str, name: str = "projector") -> None:
         self._command = (kafka, url, topic, *options)
+        self._name = name
         self.live: list[ProjectorProcess] = []
         self.ended: list[tuple[ProjectorProcess, int]] = []
         self.started = 0
@@ -125,7 +148,7 @@ class ProjectorFleet:
 
     def start(self) -> ProjectorProcess:
         self.started += 1
-        projector = ProjectorProcess(f"projector-{self.started}", projector_process(*self._command))
+        projector = ProjectorProcess(f"{self._name}-{self.started}", projector_process(*self._command))
         self.live.append(projector)
         return projector
 

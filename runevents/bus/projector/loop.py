@@ -6,7 +6,7 @@ import asyncio
 import logging
 import shlex
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any, Final
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -22,7 +22,15 @@ from runevents.bus.topic import TopicMissingError
 from runevents.errors import RunEventsError, SchemaOutdatedError
 from runevents.masking import mask_secrets
 from runevents.names import check_identifier, check_topic
-from runevents.retrying import RETRY_FIRST_S, one_line, pause, retry_until_stopped
+from runevents.retrying import (
+    CANCEL_GRACE_S,
+    RETRY_FIRST_S,
+    Stopped,
+    one_line,
+    pause,
+    retry_until_stopped,
+    unless_stopped,
+)
 from runevents.tables import migrate
 from runevents.tables.failures import DATABASE_ERRORS
 from runevents.tables.sql import engine_for
@@ -30,6 +38,18 @@ from runevents.tables.sql import engine_for
 log = logging.getLogger(__name__)
 
 PRUNE_EVERY_S: Final = 60
+# How long a stop may take: the batch in hand gets half of it (and a quarter more to roll back), then
+# leaving the group and closing the pool the rest.
+STOP_TIMEOUT_S: Final = 15.0
+# What closing gets even past the stop timeout: an idle pool or a stopped client needs only a moment.
+CLOSE_AT_LEAST_S: Final = 0.2
+
+
+# A writer waits for its record to be projected: a fetch must not sit out a long poll. (Tansu
+# answers a fetch only when this wait expires, even when records are there.) 5 ms measured no better
+# for puts than 20 (p50 wait 6.5-7.0 ms against 6.3-10.5 for one writer, 1.2-1.3k puts/s against
+# 1.3-2.1k for 64), and idle it fetches 4 times as often.
+FETCH_MAX_WAIT_MS: Final = 20
 
 
 class PartitionsError(RunEventsError, ValueError):
@@ -53,6 +73,7 @@ class Projector:
         max_trace_content: int | None = None,
         consumer_options: dict[str, Any] | None = None,
         client_options: dict[str, Any] | None = None,
+        stop_timeout_s: float = STOP_TIMEOUT_S,
     ) -> None:
         # Names first: a refused one must leave nothing opened (no engine, no client).
         self.topic = check_topic(topic)
@@ -89,6 +110,9 @@ class Projector:
         self._consumer: AIOKafkaConsumer | None = None
         # Set once the projector is told to stop (or cancelled): every retry loop ends on it.
         self._halt = asyncio.Event()
+        # A stop ends within this, whatever the broker and the database do (or do not) answer.
+        self._stop_timeout_s = stop_timeout_s
+        self._stopped_at: float | None = None
         self.projected = 0
         self.dead = 0
         self.stale_batches = 0
@@ -137,40 +161,97 @@ class Projector:
         }
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
-        """Project until `stop` is set (or the task is cancelled), then leave cleanly."""
+        """Project until `stop` is set (or the task is cancelled), then leave within the stop timeout."""
         halt = self._halt = asyncio.Event()
+        self._stopped_at = None
         # The retry loops (the rebalance listener's among them, which runs in the Kafka client's own
         # task) wait on `halt`: set by `stop`, and by leaving here for any reason, cancellation included.
         relay = asyncio.ensure_future((stop or asyncio.Event()).wait())
-        relay.add_done_callback(lambda _: halt.set())
+        relay.add_done_callback(lambda _: self._begin_stop())
+        # What the loop awaits (a fetch, the batch in hand) is raced against this, so a stop is seen
+        # at once, and nothing it awaits can hold the stop up for longer than the stop timeout.
+        halted = asyncio.ensure_future(halt.wait())
         try:
-            await self._start()
-        except BaseException:
-            halt.set()
-            relay.cancel()
-            await self._close()  # what did start (the dead-letter producer, say) is not left open
-            raise
-        consumer = self._consumer
-        assert consumer is not None
-        pruned = time.monotonic()
-        try:
+            try:
+                await unless_stopped(self._start(), halt)
+            except Stopped:
+                return  # told to stop while starting: nothing was applied
+            consumer = self._consumer
+            assert consumer is not None
+            pruned = time.monotonic()
             while not halt.is_set():
-                batch = await consumer.getmany(timeout_ms=100, max_records=self._max_batch)
-                if batch:
-                    try:
-                        async with self._applying:
-                            await self._apply(batch)
-                    except DATABASE_ERRORS as exc:
-                        # Rolled back: nothing of the batch is stored, so it is read again from the
-                        # stored offsets once the database answers (a restart, a killed connection).
-                        await self._recover(exc)
+                batch = await self._fetch(consumer, halted)
+                if batch and not halt.is_set():
+                    await self._finish_in_time(self._apply_or_recover(batch), halted)
                 if time.monotonic() - pruned > PRUNE_EVERY_S:
-                    await prune_results(self._engine)
+                    await self._finish_in_time(prune_results(self._engine), halted)
                     pruned = time.monotonic()
         finally:
-            halt.set()
+            self._begin_stop()
             relay.cancel()
-            await self._close()
+            halted.cancel()
+            # What did start (the dead-letter producer, say) is not left open.
+            await self._close(time.monotonic() + self._stop_left(1.0))
+
+    def _begin_stop(self) -> None:
+        """Set `halt`, and start the stop timeout's clock (once)."""
+        if self._stopped_at is None:
+            self._stopped_at = time.monotonic()
+        self._halt.set()
+
+    def _stop_left(self, share: float) -> float:
+        """Seconds until `share` of the stop timeout has passed since the stop began (all of it, before)."""
+        if self._stopped_at is None:
+            return share * self._stop_timeout_s
+        return max(self._stopped_at + share * self._stop_timeout_s - time.monotonic(), 0.0)
+
+    async def _fetch(
+        self, consumer: AIOKafkaConsumer, halted: asyncio.Future[Any]
+    ) -> dict[TopicPartition, list[ConsumerRecord]]:
+        """The next fetched batch (maybe empty), or nothing once halted."""
+        # getmany's timeout does not hold while the group rebalances: it waits for the new assignment,
+        # which a broker can keep back for its rebalance timeout and more (seen for 60 s and longer).
+        fetching = asyncio.ensure_future(consumer.getmany(timeout_ms=100, max_records=self._max_batch))
+        try:
+            await asyncio.wait((fetching, halted), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not fetching.done():
+                # Cancelled where it waits: no record is taken from the client's buffer and dropped.
+                fetching.cancel()
+                await asyncio.wait((fetching,), timeout=CANCEL_GRACE_S)
+        if fetching.cancelled() or not fetching.done():
+            return {}
+        batch: dict[TopicPartition, list[ConsumerRecord]] = fetching.result()
+        return batch
+
+    async def _finish_in_time(self, work: Coroutine[Any, Any, None], halted: asyncio.Future[Any]) -> None:
+        """Await `work` (the batch in hand); once halted, at most half the stop timeout, then cancel it."""
+        applying = asyncio.ensure_future(work)
+        try:
+            await asyncio.wait((applying, halted), return_when=asyncio.FIRST_COMPLETED)
+            if not applying.done():
+                await asyncio.wait((applying,), timeout=self._stop_left(0.5))
+        finally:
+            if not applying.done():
+                # Safe: the batch's offsets move in its own transaction, so none of it is stored, and
+                # whoever owns its partitions next reads it again (a second copy would be skipped).
+                applying.cancel()
+                stopping = self._stopped_at is not None
+                # A rollback waits for a database that does not answer: not past three quarters.
+                await asyncio.wait((applying,), timeout=self._stop_left(0.75) if stopping else CANCEL_GRACE_S)
+                if stopping:
+                    log.warning("the batch in hand did not commit in time after the stop: rolled back")
+        if applying.done() and not applying.cancelled():
+            applying.result()
+
+    async def _apply_or_recover(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        try:
+            async with self._applying:
+                await self._apply(batch)
+        except DATABASE_ERRORS as exc:
+            # Rolled back: nothing of it is stored, so it is read again from the stored offsets once
+            # the database answers (a restart, a killed connection).
+            await self._recover(exc)
 
     async def _recover(self, error: BaseException) -> None:
         """After a failed batch, seek back to the stored offsets, retrying until the database answers."""
@@ -204,11 +285,7 @@ class Projector:
             "enable_auto_commit": False,
             "auto_offset_reset": "earliest",
             "max_partition_fetch_bytes": 4 * 1024 * 1024,
-            # A writer waits for its record to be projected: a fetch must not sit out a long poll.
-            # (Tansu answers a fetch only when this wait expires, even when records are there.)
-            # 5 ms measured no better for puts than 20 (p50 wait 6.5-7.0 ms against 6.3-10.5 for one
-            # writer, 1.2-1.3k puts/s against 1.3-2.1k for 64), and idle it fetches 4 times as often.
-            "fetch_max_wait_ms": 20,
+            "fetch_max_wait_ms": FETCH_MAX_WAIT_MS,
             **self._client_options,
             **self._consumer_options,
         }
@@ -248,14 +325,35 @@ class Projector:
 
     async def close(self) -> None:
         """Release the clients and the database pool the projector holds; run() does this as it ends."""
-        await self._close()
+        await self._close(time.monotonic() + self._stop_timeout_s)
 
-    async def _close(self) -> None:
+    async def _close(self, deadline: float) -> None:
+        """Leave the group, stop the dead-letter producer and close the pool, together, by `deadline`."""
+        closing: dict[asyncio.Future[None], str] = {}
         if self._consumer is not None:
-            await self._consumer.stop()
-            self._consumer = None
-        await self._dead_letters.stop()
-        await self._engine.dispose()
+            consumer, self._consumer = self._consumer, None
+            # Mid-rebalance, stop() first sees the rebalance through (JoinGroup, SyncGroup): as long as
+            # the broker takes to answer, which is not ours to bound but for giving up on it.
+            closing[asyncio.ensure_future(consumer.stop())] = "leaving the group"
+        closing[asyncio.ensure_future(self._dead_letters.stop())] = "stopping the dead-letter producer"
+        closing[asyncio.ensure_future(self._engine.dispose())] = "closing the database pool"
+        try:
+            left = max(deadline - time.monotonic(), CLOSE_AT_LEAST_S)
+            done, late = await asyncio.wait(closing, timeout=left)
+        finally:
+            for task in closing:
+                task.cancel()
+        if late:
+            await asyncio.wait(late, timeout=CLOSE_AT_LEAST_S)  # to unwind; not waited for past that
+            # Given up: the group moves this projector's partitions once its session expires, and the
+            # database ends its connections (and rolls back what they held) when the process exits.
+            log.warning(
+                "gave up %s: not done within the stop timeout (%g s)",
+                " and ".join(sorted(closing[task] for task in late)),
+                self._stop_timeout_s,
+            )
+        for task in done:
+            task.result()
 
     async def _apply(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
         """Apply one fetched batch in one transaction; on a stale offset, roll back and seek again."""
