@@ -41,11 +41,20 @@ def broker_tail(broker: LocalBroker) -> str:
 def writer(
     kafka: str, url: str, topic: str, name: str, events: int, ledger: Path, seed: int, *options: str
 ) -> subprocess.Popen[bytes]:
-    """One `crash_writer` process."""
+    """One `crash_writer` process, its output in a file beside its ledger (`output_of`)."""
     command = [sys.executable, "-m", "tests.faults.crash_writer", kafka, url, topic, name, str(events)]
-    return subprocess.Popen(
-        [*command, str(ledger), str(seed), *options], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
+    # A file, not a pipe: while the broker is down aiokafka logs a line per retry, and a pipe nobody
+    # reads until the end fills up and blocks the writer for good.
+    with ledger.with_suffix(".log").open("ab") as output:
+        return subprocess.Popen(
+            [*command, str(ledger), str(seed), *options], stdout=output, stderr=subprocess.STDOUT
+        )
+
+
+def output_of(ledger: Path) -> str:
+    """The last of what the writer keeping `ledger` printed."""
+    path = ledger.with_suffix(".log")
+    return path.read_text(errors="replace")[-3000:] if path.exists() else ""
 
 
 class Ledgers:
@@ -127,16 +136,18 @@ async def where_things_stand(kafka: str, url: str, topic: str) -> str:
 
 async def finish_writers(
     writers: list[subprocess.Popen[bytes]],
+    ledgers: list[Path],
     within_s: float,
     explain: Callable[[], Awaitable[str]],
 ) -> None:
     """Wait for every writer to exit 0; on a timeout, fail with what `explain` says."""
-    for process in writers:
+    deadline = time.monotonic() + within_s
+    for process, ledger in zip(writers, ledgers, strict=True):
         try:
-            output = (await asyncio.to_thread(process.communicate, timeout=within_s))[0]
+            await asyncio.to_thread(process.wait, timeout=max(deadline - time.monotonic(), 0.1))
         except subprocess.TimeoutExpired:
             raise AssertionError(f"a writer did not finish within {within_s} s; {await explain()}") from None
-        assert process.returncode == 0, f"a writer failed:\n{output.decode()[-3000:]}"
+        assert process.returncode == 0, f"a writer failed:\n{quiet(output_of(ledger))}"
 
 
 async def stored_content(url: str, schema: str = "public") -> dict[str, list[int]]:
@@ -189,6 +200,6 @@ async def assert_replay_checksum_equal(kafka: str, url: str, topic: str, rows: i
     """A replay of the whole topic into a new projection gives the same tables, checksum for checksum."""
     acked = Acknowledged()  # replay_into_new_schema waits for len(acked) rows: the live count
     acked.published.update({str(n): (0, n) for n in range(rows)})
-    schema = await replay_into_new_schema(kafka, url, topic, acked)
+    schema = await replay_into_new_schema(kafka, url, topic, acked, *DURABLE_FETCH_OPTIONS)
     live, replayed = await checksums(url, "public", schema)
     assert live == replayed, f"live {live} != replay {replayed}"

@@ -133,11 +133,13 @@ async def kill_mid_batch(fleet: ProjectorFleet, url: str, kills: int, seed: int)
     return caught
 
 
-async def replay_into_new_schema(kafka: str, url: str, topic: str, acked: Acknowledged) -> str:
+async def replay_into_new_schema(
+    kafka: str, url: str, topic: str, acked: Acknowledged, *projector_options: str
+) -> str:
     """Rebuild the projection from offset 0 with one projector, under a new name in a new schema."""
     schema = f"replay_{uuid.uuid4().hex[:8]}"
     await upgrade_async(url, schema=schema)
-    options = ("--projection", f"replay_{schema}", "--schema", schema)
+    options = ("--projection", f"replay_{schema}", "--schema", schema, *projector_options)
     with ProjectorFleet(kafka, url, topic, *options) as replay:
         replay.start()
         await wait_for_rows(url, len(acked), replay, schema=schema, within_s=300)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from runevents.bus.topic import create_topic, log_offsets
-from tests.faults.crash_support import Ledgers, stored_content, writer
+from tests.faults.crash_support import Ledgers, output_of, stored_content, writer
 from tests.faults.exactly_once import connect
 from tests.faults.projectors import ProjectorFleet
 from tests.faults.test_projector_faults import fault_seed
@@ -33,7 +33,7 @@ async def begun_calls(ledger: Path, at_least: int, process: subprocess.Popen[byt
     """Wait until the writer has begun `at_least` calls (its first ones start its producer)."""
     deadline = time.monotonic() + 60
     while not ledger.exists() or ledger.read_bytes().count(b'"begun"') < at_least:
-        assert process.poll() is None, f"the writer exited: {process.communicate()[0].decode()[-2000:]}"
+        assert process.poll() is None, f"the writer exited: {output_of(ledger)}"
         assert time.monotonic() < deadline, "the writer began no call within 60 s"
         await asyncio.sleep(0.02)
 
@@ -73,7 +73,7 @@ async def test_a_writer_killed_mid_put_batch_leaves_each_threads_events_all_proj
                 await asyncio.sleep(rng.uniform(0, 0.05))  # into the call: publishing, or waiting for it
             finally:
                 process.send_signal(signal.SIGKILL)
-                process.communicate()
+                process.wait()
         await projected_to_the_end(kafka_bootstrap, bus_db, topic, fleet)
         fleet.stop_all()
 
