@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-import signal
 from typing import Annotated, Any, Final
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -16,6 +16,7 @@ from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
 from runevents.bus.topic import TopicMissingError
+from runevents.cli.stopping import STOP_TIMEOUT_S, StopTimeout, until_signalled
 from runevents.cli.support import (
     DatabaseUrl,
     KafkaServers,
@@ -30,10 +31,13 @@ from runevents.cli.support import (
 )
 from runevents.errors import RunEventsError, SchemaOutdatedError
 from runevents.names import InvalidNameError
+from runevents.retrying import Stopped, unless_stopped
 from runevents.settings import Settings
 from runevents.tables.failures import DATABASE_ERRORS
 from runevents.tables.sql import LIBPQ_TLS
 from runevents.usage import DEFAULT_GROUP, UsageConsumer, UsageReader, telemetry
+
+log = logging.getLogger(__name__)
 
 STARTUP_CHECK_S: Final = 15.0
 GROUP_ENV: Final = "RUNEVENTS_USAGE_GROUP"
@@ -78,6 +82,7 @@ def run(
             min=1000, help="How long the group waits for a silent consumer before moving its partitions."
         ),
     ] = 10_000,
+    stop_timeout_s: StopTimeout = STOP_TIMEOUT_S,
     otel: Annotated[
         bool,
         typer.Option(
@@ -87,26 +92,38 @@ def run(
         ),
     ] = False,
 ) -> None:
-    """Keep token usage from the topic's `llm.ai.response` records until SIGTERM or Ctrl-C (exit 0).
+    """Keep token usage from the topic's `llm.ai.response` records until SIGTERM or Ctrl-C.
 
     Exactly once in effect: the group's offsets move in the transaction that writes the usage rows,
     and a restarted consumer goes on from them. Deletes on the topic remove the usage they cover.
+
+    SIGTERM or Ctrl-C: exit 0 once the batch in hand is done and the group left, within
+    --stop-timeout-s; past it, or on a second one, exit 124 at once (a batch not committed is read
+    again). SIGUSR1 prints where each of its tasks and threads is, on stderr.
     """
     settings = settings_of(
         database_url=database_url, kafka=bootstrap_servers, topic=topic, schema_name=schema
     )
     if otel and not telemetry.available():
         fail("--otel needs the OpenTelemetry API: pip install 'runevents[otel]'")
+    run = functools.partial(_run, settings, group, session_timeout_ms, otel)
     try:
-        asyncio.run(_run(settings, group, session_timeout_ms, otel))
+        asyncio.run(until_signalled(run, stop_timeout_s, log))
     except _START_ERRORS as error:
         fail(f"usage consumer did not start: {failure_line(error, settings)}")
     except (SQLAlchemyError, OSError, RunEventsError, KafkaError, ValueError) as error:
         fail(f"usage consumer stopped: {failure_line(error, settings)}")
 
 
-async def _run(settings: Settings, group: str, session_timeout_ms: int, otel: bool) -> None:
-    """Run a usage consumer until SIGTERM or SIGINT, then let it finish its batch and leave the group."""
+async def _run(
+    settings: Settings,
+    group: str,
+    session_timeout_ms: int,
+    otel: bool,
+    stop: asyncio.Event,
+    stop_timeout_s: float,
+) -> None:
+    """Check the database and run a usage consumer until `stop`; close it whatever happens."""
     log_to_stderr(settings.log_level)
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
     consumer = UsageConsumer(
@@ -121,16 +138,15 @@ async def _run(settings: Settings, group: str, session_timeout_ms: int, otel: bo
         },
         client_options=settings.kafka_options(),
         export_spans=otel,
+        stop_timeout_s=stop_timeout_s,
     )
     try:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
         # Once, before anything starts: a wrong password is a setting to fix, not an outage to ride out.
         try:
             async with asyncio.timeout(STARTUP_CHECK_S):
-                await consumer.check_database()
+                await unless_stopped(consumer.check_database(), stop)
+        except Stopped:
+            return  # stopped before it started
         except (TimeoutError, OSError, *DATABASE_ERRORS) as error:
             reason = f"no answer within {STARTUP_CHECK_S:g} s" if isinstance(error, TimeoutError) else None
             where = settings.shown_database()

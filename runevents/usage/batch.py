@@ -17,11 +17,11 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from runevents.bus.projector.decoding import Op, decode_consumer_record
-from runevents.bus.projector.offsets import Owned
+from runevents.bus.projector.offsets import Fence, Owned
 from runevents.events import DeleteRunEnvelope, PreparedEvent, UndecodableRecordError
 from runevents.tables.schema import token_usage_calls
 from runevents.usage.extraction import caller_of, is_ai_response, model_of, usage_of
-from runevents.usage.offsets import UsageFence
+from runevents.usage.offsets import USAGE_OFFSETS
 
 _c = token_usage_calls.c
 
@@ -91,7 +91,7 @@ class UsageBatchWriter:
     """Writes fetched batches of one usage group: fence, rows and deletes in one transaction each."""
 
     def __init__(self, *, topic: str, group: str, schema: str | None) -> None:
-        self._fence = UsageFence(topic=topic, group=group, schema=schema)
+        self._fence = Fence(topic=topic, projection=group, schema=schema, offsets=USAGE_OFFSETS)
 
     async def write(self, engine: AsyncEngine, owned: Owned) -> Applied:
         """Fence, then apply every partition's records; what the batch did, once it committed."""

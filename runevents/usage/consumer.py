@@ -5,22 +5,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Coroutine
 from typing import Any, Final
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.structs import ConsumerRecord
 from sqlalchemy import text
 
 from runevents.bus.names import DEFAULT_TOPIC
-from runevents.bus.projector.offsets import RebalanceListener, StaleBatchError
+from runevents.bus.projector.offsets import Positions, RebalanceListener, StaleBatchError
+from runevents.bus.stopping import STOP_TIMEOUT_S, Batch, StoppableLoop, close_together
 from runevents.names import check_identifier, check_topic
-from runevents.retrying import RETRY_FIRST_S, one_line, pause, retry_until_stopped
 from runevents.tables import migrate
-from runevents.tables.failures import DATABASE_ERRORS
 from runevents.tables.sql import engine_for
 from runevents.usage import telemetry
 from runevents.usage.batch import Applied, UsageBatchWriter
-from runevents.usage.offsets import UsagePositions
+from runevents.usage.offsets import USAGE_OFFSETS
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +41,10 @@ class UsageConsumer:
         consumer_options: dict[str, Any] | None = None,
         client_options: dict[str, Any] | None = None,
         export_spans: bool = False,
+        stop_timeout_s: float = STOP_TIMEOUT_S,
     ) -> None:
-        """`export_spans`: an OpenTelemetry GenAI span of each call kept, once its batch commits."""
+        """`export_spans`: an OpenTelemetry GenAI span of each call kept, once its batch commits;
+        `stop_timeout_s`: how long a stop may take, whatever the broker and the database answer."""
         # Names first: a refused one leaves nothing opened.
         self.topic = check_topic(topic)
         if not group or len(group) > 255:
@@ -57,11 +58,13 @@ class UsageConsumer:
         self._engine = engine_for(database_url, schema=schema, pool_size=2)
         self._secrets = (self._engine.url.password,)
         self._writer = UsageBatchWriter(topic=topic, group=group, schema=schema)
-        self._positions = UsagePositions(self._engine, topic=topic, projection=group)
-        # Held while a batch is applied, so a revocation waits for the batch to commit or roll back.
-        self._applying = asyncio.Lock()
+        self._positions = Positions(
+            self._engine, topic=topic, projection=group, secrets=self._secrets, offsets=USAGE_OFFSETS
+        )
         self._consumer: AIOKafkaConsumer | None = None
-        self._halt = asyncio.Event()
+        self._stop_timeout_s = stop_timeout_s
+        # The loop of the current run; every retry loop ends on its `halt`.
+        self._consuming = StoppableLoop(stop_timeout_s, log, max_records=max_batch)
         # What committed batches did, since start.
         self.applied = Applied()
         self.batches = 0
@@ -83,30 +86,11 @@ class UsageConsumer:
             await migrate.check_schema(connection, schema=self._schema)
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
-        """Keep usage until `stop` is set (or the task is cancelled), then leave the group cleanly."""
-        halt = self._halt = asyncio.Event()
-        relay = asyncio.ensure_future((stop or asyncio.Event()).wait())
-        relay.add_done_callback(lambda _: halt.set())
-        try:
-            await self._start()
-            consumer = self._consumer
-            assert consumer is not None
-            while not halt.is_set():
-                batch = await consumer.getmany(timeout_ms=100, max_records=self._max_batch)
-                if not batch:
-                    continue
-                try:
-                    async with self._applying:
-                        await self._apply(batch)
-                except DATABASE_ERRORS as error:
-                    # Rolled back: read again from the stored offsets once the database answers.
-                    await self._recover(error)
-        finally:
-            halt.set()
-            relay.cancel()
-            await self.close()
+        """Keep usage until `stop` is set (or the task is cancelled), then leave within the stop timeout."""
+        self._consuming = StoppableLoop(self._stop_timeout_s, log, max_records=self._max_batch)
+        await self._consuming.run(stop, self._start, self._apply_or_recover, self._close)
 
-    async def _start(self) -> None:
+    async def _start(self) -> AIOKafkaConsumer:
         # Before joining the group: tables never migrated are a setting to fix, and a consumer that
         # joined would take partitions from healthy ones and apply nothing.
         await self.check_tables()
@@ -122,34 +106,17 @@ class UsageConsumer:
         )
         self._consumer = consumer
         await consumer.start()
-        listener = RebalanceListener(
-            self._positions, consumer, applying=self._applying, halt=self._halt, secrets=self._secrets
-        )
+        listener = RebalanceListener(self._positions, consumer, halt=self._consuming.halt)
         consumer.subscribe([self.topic], listener=listener)
+        return consumer
 
-    async def _recover(self, error: BaseException) -> None:
-        log.warning(
-            "a usage batch failed and was rolled back (%s); reading again from the stored offsets",
-            one_line(error, *self._secrets),
-        )
-        if await pause(self._halt, RETRY_FIRST_S):
-            return
-
-        async def seek_back() -> None:
-            async with self._applying:
-                assert self._consumer is not None
-                await self._positions.seek_back(self._consumer)
-
-        await retry_until_stopped(
-            seek_back,
-            self._halt,
-            doing="reading the stored usage offsets again",
-            errors=DATABASE_ERRORS,
-            log=log,
-            secrets=self._secrets,
+    async def _apply_or_recover(self, batch: Batch) -> None:
+        assert self._consumer is not None
+        await self._positions.apply_or_read_again(
+            self._consumer, lambda: self._apply(batch), self._consuming.halt, log
         )
 
-    async def _apply(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+    async def _apply(self, batch: Batch) -> None:
         consumer = self._consumer
         assert consumer is not None
         positions = self._positions
@@ -188,8 +155,14 @@ class UsageConsumer:
             )
 
     async def close(self) -> None:
-        """Leave the group and release the database pool; run() does this as it ends."""
+        """Leave the group and release the database pool, in the stop timeout; run() does this as it ends."""
+        await self._close(time.monotonic() + self._stop_timeout_s)
+
+    async def _close(self, deadline: float) -> None:
+        steps: dict[str, Coroutine[Any, Any, None]] = {}
         if self._consumer is not None:
             consumer, self._consumer = self._consumer, None
-            await consumer.stop()
-        await self._engine.dispose()
+            # Mid-rebalance, stop() first sees the rebalance through: given up on at `deadline`.
+            steps["leaving the group"] = consumer.stop()
+        steps["closing the database pool"] = self._engine.dispose()
+        await close_together(steps, deadline, timeout_s=self._stop_timeout_s, log=log)

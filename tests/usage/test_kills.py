@@ -15,6 +15,7 @@ import sys
 import time
 import uuid
 
+import asyncpg
 import pytest
 
 from runevents.bus.store import BusRunEventStore
@@ -40,12 +41,25 @@ def usage_process(kafka: str, url: str, topic: str, *options: str) -> subprocess
 class UsageFleet(ProjectorFleet):
     """The projector fault tests' fleet, of usage consumers: killed, restarted, watched for a batch."""
 
+    def __enter__(self) -> UsageFleet:
+        return self
+
     def start(self) -> ProjectorProcess:
         """Start one more usage consumer."""
         self.started += 1
         consumer = ProjectorProcess(f"usage-{self.started}", usage_process(*self._command))
         self.live.append(consumer)
         return consumer
+
+    async def in_batch_within(self, probe: asyncpg.Connection, within_s: float) -> list[ProjectorProcess]:
+        """The live consumers with a batch's transaction open, once one has; [] if none has in `within_s`."""
+        deadline = time.monotonic() + within_s
+        while True:
+            self.check_alive()
+            busy = await self.in_batch(probe)
+            if busy or time.monotonic() > deadline:
+                return busy
+            await asyncio.sleep(0.005)
 
 
 async def write_while_killing(
@@ -66,20 +80,14 @@ async def write_while_killing(
         await asyncio.sleep(0.05)
 
 
-async def kill_mid_batch(fleet: ProjectorFleet, url: str, kills: int, rng: random.Random) -> int:
+async def kill_mid_batch(fleet: UsageFleet, url: str, kills: int, rng: random.Random) -> int:
     """SIGKILL the consumer `kills` times, inside a batch's transaction when caught in one; restart it."""
     probe = await connect(url)
     caught = 0
     try:
         for _ in range(kills):
             await asyncio.sleep(rng.uniform(0.5, 1.5))
-            deadline = time.monotonic() + 8
-            busy: list[ProjectorProcess] = []
-            while not busy and time.monotonic() < deadline:
-                fleet.check_alive()
-                busy = await fleet.in_batch(probe)
-                if not busy:
-                    await asyncio.sleep(0.005)
+            busy = await fleet.in_batch_within(probe, 8)
             caught += bool(busy)
             victim = busy[0] if busy else fleet.live[0]
             code = fleet.stop(victim, signal.SIGKILL)

@@ -10,7 +10,6 @@ from collections.abc import Coroutine, Sequence
 from typing import Any, Final
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.structs import ConsumerRecord
 from sqlalchemy import text
 
 from runevents import metrics
@@ -18,32 +17,17 @@ from runevents.bus.names import DEFAULT_PROJECTION, DEFAULT_TOPIC
 from runevents.bus.projector.batch import BatchWriter, prune_results
 from runevents.bus.projector.dead_letters import DeadLetters
 from runevents.bus.projector.offsets import Positions, RebalanceListener, StaleBatchError
+from runevents.bus.stopping import STOP_TIMEOUT_S, Batch, StoppableLoop, close_together
 from runevents.bus.topic import TopicMissingError
 from runevents.errors import RunEventsError, SchemaOutdatedError
 from runevents.masking import mask_secrets
 from runevents.names import check_identifier, check_topic
-from runevents.retrying import (
-    CANCEL_GRACE_S,
-    RETRY_FIRST_S,
-    Stopped,
-    one_line,
-    pause,
-    retry_until_stopped,
-    unless_stopped,
-)
 from runevents.tables import migrate
-from runevents.tables.failures import DATABASE_ERRORS
 from runevents.tables.sql import engine_for
 
 log = logging.getLogger(__name__)
 
 PRUNE_EVERY_S: Final = 60
-# How long a stop may take: the batch in hand gets half of it (and a quarter more to roll back), then
-# leaving the group and closing the pool the rest.
-STOP_TIMEOUT_S: Final = 15.0
-# What closing gets even past the stop timeout: an idle pool or a stopped client needs only a moment.
-CLOSE_AT_LEAST_S: Final = 0.2
-
 
 # A writer waits for its record to be projected: a fetch must not sit out a long poll. (Tansu
 # answers a fetch only when this wait expires, even when records are there.) 5 ms measured no better
@@ -104,15 +88,14 @@ class Projector:
             max_trace_content=max_trace_content,
             dead_letters=self._dead_letters,
         )
-        self._positions = Positions(self._engine, topic=topic, projection=projection)
-        # Held while a batch is applied, so a revocation waits for the batch to commit or roll back.
-        self._applying = asyncio.Lock()
+        self._positions = Positions(self._engine, topic=topic, projection=projection, secrets=self._secrets)
         self._consumer: AIOKafkaConsumer | None = None
-        # Set once the projector is told to stop (or cancelled): every retry loop ends on it.
-        self._halt = asyncio.Event()
         # A stop ends within this, whatever the broker and the database do (or do not) answer.
         self._stop_timeout_s = stop_timeout_s
-        self._stopped_at: float | None = None
+        # The loop of the current run: its `halt` is set once told to stop (or cancelled), and every
+        # retry loop ends on it.
+        self._consuming = StoppableLoop(stop_timeout_s, log, max_records=max_batch)
+        self._pruned = 0.0
         self.projected = 0
         self.dead = 0
         self.stale_batches = 0
@@ -162,121 +145,28 @@ class Projector:
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Project until `stop` is set (or the task is cancelled), then leave within the stop timeout."""
-        halt = self._halt = asyncio.Event()
-        self._stopped_at = None
-        # The retry loops (the rebalance listener's among them, which runs in the Kafka client's own
-        # task) wait on `halt`: set by `stop`, and by leaving here for any reason, cancellation included.
-        relay = asyncio.ensure_future((stop or asyncio.Event()).wait())
-        relay.add_done_callback(lambda _: self._begin_stop())
-        # What the loop awaits (a fetch, the batch in hand) is raced against this, so a stop is seen
-        # at once, and nothing it awaits can hold the stop up for longer than the stop timeout.
-        halted = asyncio.ensure_future(halt.wait())
-        try:
-            try:
-                await unless_stopped(self._start(), halt)
-            except Stopped:
-                return  # told to stop while starting: nothing was applied
-            consumer = self._consumer
-            assert consumer is not None
-            pruned = time.monotonic()
-            while not halt.is_set():
-                batch = await self._fetch(consumer, halted)
-                if batch and not halt.is_set():
-                    await self._finish_in_time(self._apply_or_recover(batch), halted)
-                if time.monotonic() - pruned > PRUNE_EVERY_S:
-                    await self._finish_in_time(prune_results(self._engine), halted)
-                    pruned = time.monotonic()
-        finally:
-            self._begin_stop()
-            relay.cancel()
-            halted.cancel()
-            # What did start (the dead-letter producer, say) is not left open.
-            await self._close(time.monotonic() + self._stop_left(1.0))
-
-    def _begin_stop(self) -> None:
-        """Set `halt`, and start the stop timeout's clock (once)."""
-        if self._stopped_at is None:
-            self._stopped_at = time.monotonic()
-        self._halt.set()
-
-    def _stop_left(self, share: float) -> float:
-        """Seconds until `share` of the stop timeout has passed since the stop began (all of it, before)."""
-        if self._stopped_at is None:
-            return share * self._stop_timeout_s
-        return max(self._stopped_at + share * self._stop_timeout_s - time.monotonic(), 0.0)
-
-    async def _fetch(
-        self, consumer: AIOKafkaConsumer, halted: asyncio.Future[Any]
-    ) -> dict[TopicPartition, list[ConsumerRecord]]:
-        """The next fetched batch (maybe empty), or nothing once halted."""
-        # getmany's timeout does not hold while the group rebalances: it waits for the new assignment,
-        # which a broker can keep back for its rebalance timeout and more (seen for 60 s and longer).
-        fetching = asyncio.ensure_future(consumer.getmany(timeout_ms=100, max_records=self._max_batch))
-        try:
-            await asyncio.wait((fetching, halted), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not fetching.done():
-                # Cancelled where it waits: no record is taken from the client's buffer and dropped.
-                fetching.cancel()
-                await asyncio.wait((fetching,), timeout=CANCEL_GRACE_S)
-        if fetching.cancelled() or not fetching.done():
-            return {}
-        batch: dict[TopicPartition, list[ConsumerRecord]] = fetching.result()
-        return batch
-
-    async def _finish_in_time(self, work: Coroutine[Any, Any, None], halted: asyncio.Future[Any]) -> None:
-        """Await `work` (the batch in hand); once halted, at most half the stop timeout, then cancel it."""
-        applying = asyncio.ensure_future(work)
-        try:
-            await asyncio.wait((applying, halted), return_when=asyncio.FIRST_COMPLETED)
-            if not applying.done():
-                await asyncio.wait((applying,), timeout=self._stop_left(0.5))
-        finally:
-            if not applying.done():
-                # Safe: the batch's offsets move in its own transaction, so none of it is stored, and
-                # whoever owns its partitions next reads it again (a second copy would be skipped).
-                applying.cancel()
-                stopping = self._stopped_at is not None
-                # A rollback waits for a database that does not answer: not past three quarters.
-                await asyncio.wait((applying,), timeout=self._stop_left(0.75) if stopping else CANCEL_GRACE_S)
-                if stopping:
-                    log.warning("the batch in hand did not commit in time after the stop: rolled back")
-        if applying.done() and not applying.cancelled():
-            applying.result()
-
-    async def _apply_or_recover(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
-        try:
-            async with self._applying:
-                await self._apply(batch)
-        except DATABASE_ERRORS as exc:
-            # Rolled back: nothing of it is stored, so it is read again from the stored offsets once
-            # the database answers (a restart, a killed connection).
-            await self._recover(exc)
-
-    async def _recover(self, error: BaseException) -> None:
-        """After a failed batch, seek back to the stored offsets, retrying until the database answers."""
-        log.warning(
-            "a batch failed and was rolled back (%s); reading again from the stored offsets",
-            one_line(error, *self._secrets),
-        )
-        if await pause(self._halt, RETRY_FIRST_S):
-            return
-
-        async def seek_back() -> None:
-            async with self._applying:
-                assert self._consumer is not None
-                await self._positions.seek_back(self._consumer)
-
-        await retry_until_stopped(
-            seek_back,
-            self._halt,
-            doing="reading the stored offsets again",
-            errors=DATABASE_ERRORS,
-            log=log,
-            secrets=self._secrets,
+        self._consuming = StoppableLoop(self._stop_timeout_s, log, max_records=self._max_batch)
+        await self._consuming.run(
+            stop, self._start, self._apply_or_recover, self._close, chores=self._prune_when_due
         )
 
-    async def _start(self) -> None:
+    def _prune_when_due(self) -> Coroutine[Any, Any, None] | None:
+        """Pruning old op results and tombstones, once every PRUNE_EVERY_S; None until it is due."""
+        if time.monotonic() - self._pruned <= PRUNE_EVERY_S:
+            return None
+        return self._prune()
+
+    async def _prune(self) -> None:
+        await prune_results(self._engine)
+        self._pruned = time.monotonic()
+
+    async def _apply_or_recover(self, batch: Batch) -> None:
+        assert self._consumer is not None
+        await self._positions.apply_or_read_again(
+            self._consumer, lambda: self._apply(batch), self._consuming.halt, log
+        )
+
+    async def _start(self) -> AIOKafkaConsumer:
         # Before any client starts: tables never migrated (or a wrong schema) are a setting to fix, and
         # a projector that joined the group would take partitions from healthy ones and apply nothing.
         await self.check_read_tables()
@@ -301,14 +191,14 @@ class Projector:
             await self._check_partitions(consumer, self._partitions)
         await self._dead_letters.start()
         if self._partitions is None:
-            listener = RebalanceListener(
-                self._positions, consumer, applying=self._applying, halt=self._halt, secrets=self._secrets
-            )
+            listener = RebalanceListener(self._positions, consumer, halt=self._consuming.halt)
             consumer.subscribe([self.topic], listener=listener)
         else:
             owned = [TopicPartition(self.topic, partition) for partition in self._partitions]
             consumer.assign(owned)
             await self._positions.seek_to_stored(consumer, owned)
+        self._pruned = time.monotonic()
+        return consumer
 
     async def _check_partitions(self, consumer: AIOKafkaConsumer, wanted: Sequence[int]) -> None:
         """Raise unless the topic exists and has every partition of `wanted` (else it would idle)."""
@@ -329,33 +219,17 @@ class Projector:
 
     async def _close(self, deadline: float) -> None:
         """Leave the group, stop the dead-letter producer and close the pool, together, by `deadline`."""
-        closing: dict[asyncio.Future[None], str] = {}
+        steps: dict[str, Coroutine[Any, Any, None]] = {}
         if self._consumer is not None:
             consumer, self._consumer = self._consumer, None
             # Mid-rebalance, stop() first sees the rebalance through (JoinGroup, SyncGroup): as long as
             # the broker takes to answer, which is not ours to bound but for giving up on it.
-            closing[asyncio.ensure_future(consumer.stop())] = "leaving the group"
-        closing[asyncio.ensure_future(self._dead_letters.stop())] = "stopping the dead-letter producer"
-        closing[asyncio.ensure_future(self._engine.dispose())] = "closing the database pool"
-        try:
-            left = max(deadline - time.monotonic(), CLOSE_AT_LEAST_S)
-            done, late = await asyncio.wait(closing, timeout=left)
-        finally:
-            for task in closing:
-                task.cancel()
-        if late:
-            await asyncio.wait(late, timeout=CLOSE_AT_LEAST_S)  # to unwind; not waited for past that
-            # Given up: the group moves this projector's partitions once its session expires, and the
-            # database ends its connections (and rolls back what they held) when the process exits.
-            log.warning(
-                "gave up %s: not done within the stop timeout (%g s)",
-                " and ".join(sorted(closing[task] for task in late)),
-                self._stop_timeout_s,
-            )
-        for task in done:
-            task.result()
+            steps["leaving the group"] = consumer.stop()
+        steps["stopping the dead-letter producer"] = self._dead_letters.stop()
+        steps["closing the database pool"] = self._engine.dispose()
+        await close_together(steps, deadline, timeout_s=self._stop_timeout_s, log=log)
 
-    async def _apply(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+    async def _apply(self, batch: Batch) -> None:
         """Apply one fetched batch in one transaction; on a stale offset, roll back and seek again."""
         consumer = self._consumer
         assert consumer is not None

@@ -2,24 +2,26 @@
 
 Kafka's own committed offsets are never used: each partition's next offset is a row of
 `projection_offsets`, moved in the transaction that applies the batch, and only if it is still where
-the batch began (a consumer that lost its partition in a rebalance cannot write a stale batch).
+the batch began (a consumer that lost its partition in a rebalance cannot write a stale batch). The
+usage consumer keeps its offsets by the same rule, in a table of its own (`OffsetTable`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
-from typing import Final
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord
-from sqlalchemy import BigInteger, Integer, Text, bindparam, select, text
+from sqlalchemy import BigInteger, Integer, Table, Text, bindparam, select, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from runevents.bus.names import NOTIFY_CHANNEL
-from runevents.retrying import retry_until_stopped
+from runevents.retrying import RETRY_FIRST_S, one_line, pause, retry_until_stopped
 from runevents.tables import writes
 from runevents.tables.failures import DATABASE_ERRORS
 from runevents.tables.schema import projection_offsets
@@ -31,7 +33,22 @@ Owned = list[tuple[TopicPartition, list[ConsumerRecord], int, int]]
 
 # A NOTIFY payload must stay under 8000 bytes; a batch over many partitions is told in several.
 _NOTIFY_LIMIT: Final = 7000
-_o = projection_offsets.c
+
+
+@dataclass(frozen=True)
+class OffsetTable:
+    """Where one kind of consumer keeps its stored offsets: a row a partition, under the consumer's name."""
+
+    table: Table
+    # The column of the consumer's name (a projection's, a usage group's).
+    owner: str
+    # What log lines and errors call the consumer.
+    kind: str
+    # Whether a batch's move is told (NOTIFY, on commit) to the writers waiting for their records.
+    notify: bool
+
+
+PROJECTION_OFFSETS: Final = OffsetTable(projection_offsets, "projection", "projection", notify=True)
 
 
 def notifications(
@@ -58,90 +75,119 @@ class StaleBatchError(Exception):
 class Fence:
     """The statement that moves a batch's stored offsets, and only those still where the batch began."""
 
-    def __init__(self, *, topic: str, projection: str, schema: str | None) -> None:
+    def __init__(
+        self,
+        *,
+        topic: str,
+        projection: str,
+        schema: str | None,
+        offsets: OffsetTable = PROJECTION_OFFSETS,
+    ) -> None:
         self.topic = topic
         self.projection = projection
         self._schema = schema
-        offsets = writes.qualified(projection_offsets, schema)
+        self._offsets = offsets
+        table = writes.qualified(offsets.table, schema)
         # One statement a batch for the fence: lock the partitions' offset rows in partition order (two
-        # projectors sharing partitions for a moment, in a rebalance, queue on them instead of
+        # consumers sharing partitions for a moment, in a rebalance, queue on them instead of
         # deadlocking; the update only touches rows locked first), move those still at the batch's
-        # start, and queue the NOTIFY that tells waiting writers (delivered only if the batch commits).
-        self._sql = text(
+        # start, and, where writers wait, queue the NOTIFY that tells them (delivered only on commit).
+        locked = (
             "WITH locked AS MATERIALIZED ("
-            f"SELECT partition FROM {offsets} WHERE projection = :projection AND topic = :topic "
-            "AND partition = ANY(:partitions) ORDER BY partition FOR UPDATE), "
-            f"moved AS (UPDATE {offsets} AS o SET next_offset = v.next_offset "
+            f"SELECT partition FROM {table} WHERE {offsets.owner} = :owner AND topic = :topic "
+            "AND partition = ANY(:partitions) ORDER BY partition FOR UPDATE)"
+        )
+        move = (
+            f"UPDATE {table} AS o SET next_offset = v.next_offset "
             "FROM unnest(:partitions, :starts, :ends) AS v(partition, start, next_offset) "
-            "WHERE o.projection = :projection AND o.topic = :topic AND o.partition = v.partition "
+            f"WHERE o.{offsets.owner} = :owner AND o.topic = :topic AND o.partition = v.partition "
             "AND o.next_offset = v.start AND o.partition IN (SELECT partition FROM locked) "
-            "RETURNING o.partition), "
-            "told AS (SELECT count(pg_notify(:channel, payload)) AS sent FROM unnest(:payloads) AS payload) "
-            "SELECT moved.partition FROM moved, told"
-        ).bindparams(
+            "RETURNING o.partition"
+        )
+        arrays = [
             bindparam("partitions", type_=postgresql.ARRAY(Integer)),
             bindparam("starts", type_=postgresql.ARRAY(BigInteger)),
             bindparam("ends", type_=postgresql.ARRAY(BigInteger)),
-            bindparam("payloads", type_=postgresql.ARRAY(Text)),
-        )
+        ]
+        if offsets.notify:
+            self._sql = text(
+                f"{locked}, moved AS ({move}), "
+                "told AS (SELECT count(pg_notify(:channel, payload)) AS sent "
+                "FROM unnest(:payloads) AS payload) "
+                "SELECT moved.partition FROM moved, told"
+            ).bindparams(*arrays, bindparam("payloads", type_=postgresql.ARRAY(Text)))
+        else:
+            self._sql = text(f"{locked} {move}").bindparams(*arrays)
 
     async def move(self, connection: AsyncConnection, owned: Owned) -> None:
         """Move every partition's stored offset from its start to its end, or raise if one has moved."""
         partitions = [tp.partition for tp, _, _, _ in owned]
-        reached = [(tp.partition, end) for tp, _, _, end in owned]
+        values: dict[str, Any] = {
+            "owner": self.projection,
+            "topic": self.topic,
+            "partitions": partitions,
+            "starts": [start for _, _, start, _ in owned],
+            "ends": [end for _, _, _, end in owned],
+        }
+        if self._offsets.notify:
+            reached = [(tp.partition, end) for tp, _, _, end in owned]
+            values["channel"] = NOTIFY_CHANNEL
+            values["payloads"] = notifications(self._schema, self.projection, self.topic, reached)
         # Through SQLAlchemy, as the transaction's first statement: its asyncpg adapter issues BEGIN
         # only then, and what ran on the raw connection before it would commit on its own.
-        moved = await connection.execute(
-            self._sql,
-            {
-                "projection": self.projection,
-                "topic": self.topic,
-                "partitions": partitions,
-                "starts": [start for _, _, start, _ in owned],
-                "ends": [end for _, _, _, end in owned],
-                "channel": NOTIFY_CHANNEL,
-                "payloads": notifications(self._schema, self.projection, self.topic, reached),
-            },
-        )
+        moved = await connection.execute(self._sql, values)
         fenced = {row[0] for row in moved}
         if len(fenced) != len(owned):
             stale = sorted(set(partitions) - fenced)
             starts = {tp.partition: start for tp, _, start, _ in owned}
             raise StaleBatchError(
                 f"partition {stale[0]} of {self.topic!r} is no longer at offset {starts[stale[0]]} "
-                f"in projection {self.projection!r}"
+                f"in {self._offsets.kind} {self.projection!r}"
             )
 
 
 class Positions:
-    """Where each owned partition's stored offset stands, as this projector last read or wrote it."""
+    """Where each owned partition's stored offset stands, as this consumer last read or wrote it."""
 
-    def __init__(self, engine: AsyncEngine, *, topic: str, projection: str) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        topic: str,
+        projection: str,
+        secrets: tuple[str | None, ...] = (),
+        offsets: OffsetTable = PROJECTION_OFFSETS,
+    ) -> None:
+        """`projection`: the consumer's name in `offsets` (a usage group's, there); `secrets`: masked out
+        of every warning."""
         self._engine = engine
         self.topic = topic
         self.projection = projection
+        self.secrets = secrets
+        self._offsets = offsets
         self.next_offsets: dict[TopicPartition, int] = {}
+        # Held while a batch is applied, so a revocation waits for the batch to commit or roll back.
+        self.applying = asyncio.Lock()
 
     async def seek_to_stored(self, consumer: AIOKafkaConsumer, partitions: Sequence[TopicPartition]) -> None:
         """Read (creating at 0 if new) the stored offsets of `partitions` and seek the consumer to them."""
         if not partitions:
             return
         numbers = [tp.partition for tp in partitions]
+        table, owner = self._offsets.table, self._offsets.owner
         async with self._engine.begin() as connection:
             rows = [
-                {"projection": self.projection, "topic": self.topic, "partition": n, "next_offset": 0}
+                {owner: self.projection, "topic": self.topic, "partition": n, "next_offset": 0}
                 for n in numbers
             ]
-            await connection.execute(
-                postgresql.insert(projection_offsets).values(rows).on_conflict_do_nothing()
-            )
+            await connection.execute(postgresql.insert(table).values(rows).on_conflict_do_nothing())
             stored = dict(
                 (
                     await connection.execute(
-                        select(_o.partition, _o.next_offset).where(
-                            _o.projection == self.projection,
-                            _o.topic == self.topic,
-                            _o.partition.in_(numbers),
+                        select(table.c.partition, table.c.next_offset).where(
+                            table.c[owner] == self.projection,
+                            table.c.topic == self.topic,
+                            table.c.partition.in_(numbers),
                         )
                     )
                 ).all()
@@ -150,7 +196,8 @@ class Positions:
             self.next_offsets[tp] = stored[tp.partition]
             consumer.seek(tp, stored[tp.partition])
         log.info(
-            "projection %r of %r: at %s (partition: next offset)",
+            "%s %r of %r: at %s (partition: next offset)",
+            self._offsets.kind,
             self.projection,
             self.topic,
             {tp.partition: stored[tp.partition] for tp in partitions},
@@ -160,13 +207,51 @@ class Positions:
         """Seek every owned partition to its stored offset again, after a batch that did not commit."""
         await self.seek_to_stored(consumer, sorted(self.next_offsets, key=lambda tp: tp.partition))
 
+    async def apply_or_read_again(
+        self,
+        consumer: AIOKafkaConsumer,
+        apply: Callable[[], Coroutine[Any, Any, None]],
+        halt: asyncio.Event,
+        log: logging.Logger,
+    ) -> None:
+        """Apply a batch (`apply`) holding `applying`; if the database fails it, read it again from the
+        stored offsets, retrying until the database answers or `halt` is set."""
+        try:
+            async with self.applying:
+                await apply()
+        except DATABASE_ERRORS as error:
+            # Rolled back: nothing of it is stored, so it is read again from the stored offsets once
+            # the database answers (a restart, a killed connection).
+            log.warning(
+                "a batch failed and was rolled back (%s); reading again from the stored offsets",
+                one_line(error, *self.secrets),
+            )
+        else:
+            return
+        if await pause(halt, RETRY_FIRST_S):
+            return
+
+        async def seek_back() -> None:
+            async with self.applying:
+                await self.seek_back(consumer)
+
+        await retry_until_stopped(
+            seek_back,
+            halt,
+            doing="reading the stored offsets again",
+            errors=DATABASE_ERRORS,
+            log=log,
+            secrets=self.secrets,
+        )
+
     def forget(self, partitions: Sequence[TopicPartition]) -> None:
         """Drop `partitions` from the owned ones (revoked)."""
         for tp in partitions:
             self.next_offsets.pop(tp, None)
         if partitions:
             log.info(
-                "projection %r of %r: gave up partitions %s",
+                "%s %r of %r: gave up partitions %s",
+                self._offsets.kind,
                 self.projection,
                 self.topic,
                 sorted(tp.partition for tp in partitions),
@@ -194,24 +279,13 @@ class Positions:
 class RebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]
     """Seeks newly assigned partitions to their stored offsets; lets a running batch finish first."""
 
-    def __init__(
-        self,
-        positions: Positions,
-        consumer: AIOKafkaConsumer,
-        *,
-        applying: asyncio.Lock,
-        halt: asyncio.Event,
-        secrets: tuple[str | None, ...],
-    ) -> None:
+    def __init__(self, positions: Positions, consumer: AIOKafkaConsumer, *, halt: asyncio.Event) -> None:
         self._positions = positions
         self._consumer = consumer
-        # Held by the projector while a batch is applied.
-        self._applying = applying
         self._halt = halt
-        self._secrets = secrets
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        async with self._applying:
+        async with self._positions.applying:
             self._positions.forget(list(revoked))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
@@ -224,5 +298,5 @@ class RebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]
             doing="reading the stored offsets of new partitions",
             errors=DATABASE_ERRORS,
             log=log,
-            secrets=self._secrets,
+            secrets=self._positions.secrets,
         )
