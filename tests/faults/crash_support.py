@@ -18,11 +18,9 @@ import orjson
 from runevents.bus.topic import log_offsets
 from runevents.devstack.broker import LocalBroker
 from tests.faults.exactly_once import Acknowledged, checksums, connect
-from tests.faults.projectors import ProjectorFleet
+from tests.faults.projectors import ASSIGNED, ProjectorFleet
 from tests.faults.test_projector_faults import replay_into_new_schema
 
-# What a projector logs once it has its partitions (runevents.bus.projector.offsets).
-ASSIGNED = "projection 'main' of"
 # Tansu on S3 lists a partition's stored batches on every fetch that finds records: projectors on the
 # durable broker fetch less often than the default (20 ms) so the S3 server keeps up (bench/README.md).
 DURABLE_FETCH_OPTIONS = ("--fetch-max-wait-ms", "500")

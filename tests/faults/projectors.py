@@ -22,6 +22,8 @@ _WRITING_BACKENDS = (
 )
 
 PORTS_TTL_S = 0.5
+# What a projector of projection main logs once it has its partitions (runevents.bus.projector.offsets).
+ASSIGNED = "projection 'main' of"
 # How long a stuck projector gets to print its stacks when asked.
 STACKS_WAIT_S = 3.0
 
