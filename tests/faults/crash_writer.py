@@ -3,7 +3,9 @@ are in, retrying what the broker did not acknowledge with the same event ids, an
 
     python -m tests.faults.crash_writer KAFKA DATABASE TOPIC NAME EVENTS LEDGER [SEED [MODE]]
 
-MODE `mixed` (the default) mixes the three calls; `journal` makes only `put_batch` calls of one thread
+MODE `mixed` (the default) mixes the three calls; `mixed-large` too, in calls five times as large (the
+soak: Tansu on S3 lists every stored batch on each fetch, so a long log must hold few); `journal` makes
+only `put_batch` calls of one thread
 each (how deer-flow's run journal writes) and `spread` only `put_batch` calls over four threads, each
 noted as `begun` before it is made, so a test that SIGKILLs the writer knows which call it cut.
 
@@ -107,8 +109,8 @@ class Writer:
         durable = getattr(error, "maybe_durable", None)
         self.note({"call": call, "ids": ids[:1], "error": type(error).__name__, "maybe_durable": durable})
 
-    async def run(self, total: int) -> None:
-        """Mixed calls until `total` events are in."""
+    async def run(self, total: int, scale: int = 1) -> None:
+        """Mixed calls until `total` events are in, their batches `scale` times the usual size."""
         n = 0
         while n < total:
             roll = self.rng.random()
@@ -117,7 +119,7 @@ class Writer:
                 n += 1
                 continue
             # Large batches: Tansu on S3 lists a partition's stored batches on each fetch.
-            call, size = ("put_batch", 100) if roll < 0.4 else ("publish_batch", 500)
+            call, size = ("put_batch", 100 * scale) if roll < 0.4 else ("publish_batch", 500 * scale)
             events = [event(self.name, k) for k in range(n, min(n + size, total))]
             # The ids are the writer's from the start: a retry after any failure sends the same ones.
             await self.retry(call, events, [new_event_id() for _ in events])
@@ -159,8 +161,8 @@ async def main(
     try:
         with ledger.open("ab") as out:
             writer = Writer(store, out, name, random.Random(seed))
-            if mode == "mixed":
-                await writer.run(total)
+            if mode.startswith("mixed"):
+                await writer.run(total, scale=5 if mode == "mixed-large" else 1)
             else:
                 await writer.run_batches(total, threads=1 if mode == "journal" else 4)
     finally:

@@ -74,11 +74,11 @@ class Run:
         self.tmp_path = tmp_path
         self.broker_kills = self.projector_kills = 0
 
-    def start_writers(self, count: int, events: int) -> None:
+    def start_writers(self, count: int, events: int, mode: str = "mixed") -> None:
         for n in range(count):
             self.ledgers.append(self.tmp_path / f"writer-{n}.jsonl")
             self.writers.append(
-                writer(self.kafka, self.url, TOPIC, f"w{n}", events, self.ledgers[n], self.seed + n)
+                writer(self.kafka, self.url, TOPIC, f"w{n}", events, self.ledgers[n], self.seed + n, mode)
             )
 
     async def at(self, fraction: float, total: int) -> bool:
@@ -165,7 +165,8 @@ async def test_broker_crashes_lose_nothing_acknowledged_and_duplicate_nothing(
     assert await create_topic(run.kafka, TOPIC, partitions=PARTITIONS)
     started = time.monotonic()
     await run.replace_projectors()
-    run.start_writers(WRITERS, total // WRITERS)
+    # The soak's log would hold tens of thousands of stored batches in calls of the usual size.
+    run.start_writers(WRITERS, total // WRITERS, "mixed-large" if total > 100_000 else "mixed")
     per_interval = projector_kills // broker_kills
     # The k-th broker kill once the writers are about k/(kills+1) of the way; projector kills between.
     for k in range(broker_kills):
