@@ -18,9 +18,9 @@ from typing import Any, Final
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, KafkaTimeoutError, UnknownError
-from aiokafka.partitioner import DefaultPartitioner
 
 from runevents.bus.names import DEFAULT_TOPIC
+from runevents.bus.record_batches import Outgoing, PartitionBatches, framed_size, headers_size
 from runevents.bus.topic import max_message_bytes
 from runevents.errors import InvalidEventError, RunEventsError
 from runevents.events import (
@@ -54,19 +54,14 @@ def _quiet(logger: logging.Logger, *, when: bool) -> Iterator[None]:
         logger.setLevel(level)
 
 
-# (event_id, thread_id, value, headers) of one record to send.
-_Outgoing = tuple[str, str, bytes, list[tuple[str, bytes]]]
-
-_PARTITIONER: Final = DefaultPartitioner()
 # Bootstrap servers that refused an idempotent producer in this process. Asking costs every new
 # producer a refused request, a reconnect and a warning; a broker that gains the feature is asked
 # again when the process restarts.
 _REFUSED_IDEMPOTENCE: Final[set[str]] = set()
-# Threads whose partition is remembered; past that the memo starts again (it only saves hashing).
-_PARTITIONS_CACHED: Final = 100_000
-
 # What Kafka adds around a record's key, value and headers in a batch of one (v2 format), rounded up.
 _RECORD_OVERHEAD: Final = 128
+# Kinds of put (op, event type) whose headers are kept; past that the memo starts again.
+_HEADERS_CACHED: Final = 1_000
 
 
 class BrokerUnavailableError(RunEventsError):
@@ -141,10 +136,8 @@ class EventProducer:
         self._idempotence = enable_idempotence
         self._producer: AIOKafkaProducer | None = None
         self._starting = asyncio.Lock()
-        # thread id -> partition, for as many partitions as the topic had when they were computed.
-        self._partition_of: dict[str, int] = {}
-        self._partition_count = 0
-        self._partition_locks: dict[int, asyncio.Lock] = {}
+        self._batches: PartitionBatches | None = None
+        self._put_headers: dict[tuple[str, str], tuple[list[tuple[str, bytes]], int]] = {}
 
     @property
     def max_message_bytes(self) -> int | None:
@@ -191,6 +184,11 @@ class EventProducer:
                     f"cannot reach the Kafka broker at {self._bootstrap_servers}: {error_line(exc)}"
                 ) from exc
             self._producer = producer
+            self._batches = PartitionBatches(
+                self.topic,
+                max_batch_bytes=self._options["max_batch_size"],
+                compression=self._options["compression_type"],
+            )
 
     async def _connect(self, idempotent: bool) -> AIOKafkaProducer:
         assert self._max_message_bytes is not None
@@ -217,30 +215,41 @@ class EventProducer:
     async def stop(self) -> None:
         """Send what is buffered and disconnect."""
         if self._producer is not None:
-            producer, self._producer = self._producer, None
+            producer, self._producer, self._batches = self._producer, None, None
             await producer.stop()
 
     async def publish_puts(self, events: Sequence[PreparedEvent], *, op: str = PUT) -> list[Published]:
         """Publish one record per event (all sizes checked first); return where each landed, in order."""
-        records = [(event, encode_put(event, op)) for event in events]
+        records: list[Outgoing] = []
+        for event in events:
+            key, value = event.thread_id.encode(), encode_put(event, op)
+            headers, headers_bytes = self._headers(op, event.event_type)
+            records.append(
+                (event.event_id, event.thread_id, key, value, headers, framed_size(key, value, headers_bytes))
+            )
         try:
             limit = await self._limit()
         except BrokerUnavailableError as exc:
             raise _none_sent(exc, [event.event_id for event in events]) from exc
-        for index, (event, value) in enumerate(records):
-            size = len(value) + len(event.thread_id.encode()) + _RECORD_OVERHEAD
+        for index, (_, _, key, value, _, _) in enumerate(records):
+            size = len(value) + len(key) + _RECORD_OVERHEAD
             if size > limit:
                 raise EventTooLargeError(
                     "event",
                     f"is {size} bytes on the topic; {self.topic!r} takes at most {limit} (max.message.bytes)",
                     index=index if len(records) > 1 else None,
                 )
-        return await self._send_all(
-            [
-                (event.event_id, event.thread_id, value, headers_of(op, event.event_type))
-                for event, value in records
-            ]
-        )
+        return await self._send_all(records)
+
+    def _headers(self, op: str, event_type: str) -> tuple[list[tuple[str, bytes]], int]:
+        """The headers of a put of `event_type` and their size, made once a kind (records only read them)."""
+        headers = self._put_headers.get((op, event_type))
+        if headers is None:
+            if len(self._put_headers) >= _HEADERS_CACHED:
+                self._put_headers.clear()
+            made = headers_of(op, event_type)
+            headers = self._put_headers[(op, event_type)] = (made, headers_size(made))
+        return headers
 
     async def publish_delete_thread(self, thread_id: str) -> Published:
         """Publish a delete of a whole thread; return where it landed."""
@@ -257,7 +266,10 @@ class EventProducer:
     async def _publish_op(self, op: str, thread_id: str, run_id: str | None) -> Published:
         event_id = new_event_id()
         value = encode_delete(event_id, thread_id, run_id)
-        (published,) = await self._send_all([(event_id, thread_id, value, headers_of(op))])
+        key, headers = thread_id.encode(), headers_of(op)
+        (published,) = await self._send_all(
+            [(event_id, thread_id, key, value, headers, framed_size(key, value, headers_size(headers)))]
+        )
         return published
 
     async def _limit(self) -> int:
@@ -265,14 +277,14 @@ class EventProducer:
         assert self._max_message_bytes is not None
         return self._max_message_bytes
 
-    async def _send_all(self, records: list[_Outgoing]) -> list[Published]:
-        event_ids = [event_id for event_id, _, _, _ in records]
+    async def _send_all(self, records: list[Outgoing]) -> list[Published]:
+        event_ids = [event_id for event_id, _, _, _, _, _ in records]
         try:
             await self.start()
         except BrokerUnavailableError as exc:
             raise _none_sent(exc, event_ids) from exc
-        producer = self._producer
-        if producer is None:
+        producer, batches = self._producer, self._batches
+        if producer is None or batches is None:
             raise BrokerUnavailableError("the producer was stopped", event_ids=event_ids)
         handed_over: list[bool] = []
         # By this the records are queued, and one request timeout later acknowledged: an idempotent
@@ -281,12 +293,13 @@ class EventProducer:
         try:
             if len(records) == 1:
                 # One record: send() lets the linger gather it with other writers' records.
-                ((event_id, thread_id, value, headers),) = records
-                queued = await producer.send(self.topic, value=value, key=thread_id.encode(), headers=headers)
+                ((event_id, thread_id, key, value, headers, _),) = records
+                queued = await producer.send(self.topic, value=value, key=key, headers=headers)
                 handed_over.append(True)
                 (ack,) = await self._acknowledged([queued], deadline)
                 return [Published(event_id, thread_id, ack.partition, ack.offset)]
-            return await self._send_batches(producer, records, handed_over, deadline)
+            placed = await batches.place(producer, records, handed_over, deadline)
+            acks = await self._acknowledged([batch.ack for batch in placed], deadline)
         except KafkaError as exc:
             if handed_over:
                 outcome = (
@@ -301,6 +314,14 @@ class EventProducer:
                 event_ids=event_ids,
                 maybe_durable=bool(handed_over),
             ) from exc
+        published: list[Published | None] = [None] * len(records)
+        for batch, ack in zip(placed, acks, strict=True):
+            # A batch's records take consecutive offsets from the one the broker gave the batch.
+            offset = ack.offset + batch.start
+            for position, index in enumerate(batch.indexes):
+                event_id, thread_id, _, _, _, _ = records[index]
+                published[index] = Published(event_id, thread_id, batch.partition, offset + position)
+        return [record for record in published if record is not None]
 
     async def _acknowledged(self, queued: Sequence[asyncio.Future[Any]], deadline: float) -> list[Any]:
         """The broker's acks of `queued`; KafkaTimeoutError one request timeout past `deadline`."""
@@ -312,69 +333,3 @@ class EventProducer:
         except TimeoutError:
             acks.add_done_callback(_retrieved)
             raise KafkaTimeoutError("the broker acknowledged none of the batches in time") from None
-
-    async def _send_batches(
-        self, producer: AIOKafkaProducer, records: list[_Outgoing], handed_over: list[bool], deadline: float
-    ) -> list[Published]:
-        """Send many records as one record batch per partition, not one queued send per record."""
-        # A record sent on its own costs a partitioner call, a metadata check and a future of its own,
-        # more than encoding and validating it; a batch per partition pays those once. Partitioned as
-        # Kafka's default partitioner does (murmur2 of the key), so every producer agrees.
-        partitions = sorted(await producer.partitions_for(self.topic))
-        if self._partition_count != len(partitions):
-            self._partition_of.clear()
-            self._partition_count = len(partitions)
-        by_partition: dict[int, list[int]] = {}
-        for index, (_, thread_id, _, _) in enumerate(records):
-            partition = self._partition_of.get(thread_id)
-            if partition is None:
-                if len(self._partition_of) >= _PARTITIONS_CACHED:
-                    self._partition_of.clear()
-                partition = self._partition_of[thread_id] = _PARTITIONER(thread_id.encode(), partitions, None)
-            by_partition.setdefault(partition, []).append(index)
-        # (partition, indexes of the records in the batch, the batch's ack), in send order.
-        sent: list[tuple[int, list[int], asyncio.Future[Any]]] = []
-        for partition, indexes in by_partition.items():
-            batch, taken = producer.create_batch(), list[int]()
-            for index in indexes:
-                _, thread_id, value, headers = records[index]
-                key = thread_id.encode()
-                if batch.append(timestamp=None, key=key, value=value, headers=headers) is None:
-                    # Full: it goes, and the record starts the next one (which always takes one).
-                    sent.append(
-                        (partition, taken, await self._send_batch(producer, batch, partition, deadline))
-                    )
-                    handed_over.append(True)
-                    batch, taken = producer.create_batch(), list[int]()
-                    batch.append(timestamp=None, key=key, value=value, headers=headers)
-                taken.append(index)
-            sent.append((partition, taken, await self._send_batch(producer, batch, partition, deadline)))
-            handed_over.append(True)
-        acks = await self._acknowledged([ack for _, _, ack in sent], deadline)
-        published: list[Published | None] = [None] * len(records)
-        for (partition, taken, _), ack in zip(sent, acks, strict=True):
-            # A batch's records take consecutive offsets from the one the broker gave the batch.
-            for position, index in enumerate(taken):
-                event_id, thread_id, _, _ = records[index]
-                published[index] = Published(event_id, thread_id, partition, ack.offset + position)
-        return [placed for placed in published if placed is not None]
-
-    async def _send_batch(
-        self, producer: AIOKafkaProducer, batch: Any, partition: int, deadline: float
-    ) -> asyncio.Future[Any]:
-        """Queue a batch for `partition`, one caller at a time, by `deadline`; the future of its ack."""
-        # aiokafka queues one batch per partition and makes the others wait in a loop that charges
-        # the time waited so far against the timeout again on every turn (add_batch in its
-        # message_accumulator): many publishers waiting there at once time out long before
-        # `request_timeout_ms`. Here they queue on a lock, and go on into aiokafka one at a time.
-        lock = self._partition_locks.setdefault(partition, asyncio.Lock())
-        try:
-            async with asyncio.timeout_at(deadline), lock:
-                future: asyncio.Future[Any] = await producer.send_batch(
-                    batch, self.topic, partition=partition
-                )
-        except TimeoutError:
-            raise KafkaTimeoutError(
-                f"partition {partition} took no batch within request_timeout_ms"
-            ) from None
-        return future

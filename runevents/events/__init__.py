@@ -41,13 +41,15 @@ from runevents.events.input import (
     EventInput,
     EventType,
     Id,
+    message_id_of,
+    text_problem,
+)
+from runevents.events.prepared import (
     PreparedEvent,
     derived_event_id,
-    message_id_of,
     new_event_id,
     prepare_event,
     prepare_events,
-    text_problem,
     truncate_trace,
 )
 from runevents.events.record import (

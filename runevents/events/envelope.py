@@ -29,12 +29,11 @@ from runevents.events.input import (
     Category,
     EventType,
     Id,
-    PreparedEvent,
     check_content,
     first_problem,
-    prepared_from,
     require_aware,
 )
+from runevents.events.prepared import PreparedEvent, prepared_from
 
 ENVELOPE_VERSION: Final = 1
 SCHEMA_HEADER: Final = "runevents-schema"

@@ -9,7 +9,8 @@ from typing import Annotated, Any, Final
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from runevents.events.codec import utc_iso
-from runevents.events.input import MESSAGE_CATEGORY, PreparedEvent
+from runevents.events.input import MESSAGE_CATEGORY
+from runevents.events.prepared import PreparedEvent
 
 AI_RESPONSE_EVENT_TYPES: Final = frozenset({"llm.ai.response", "ai_message"})
 MIDDLEWARE_CALLER_PREFIX: Final = "middleware:"

@@ -107,7 +107,7 @@ def event_row(event: PreparedEvent, seq: int) -> tuple[Any, ...]:
         content,
         kind,
         event.metadata_json.decode(),
-        # Validation refused NUL in these (events.input._column_problem): text columns cannot hold it.
+        # Validation refused NUL in these (events.input.column_problem): text columns cannot hold it.
         task_id if isinstance(task_id, str) else None,
         None if caller is None else str(caller),
         event.created,
