@@ -134,6 +134,17 @@ class StoppableLoop:
             applying.result()
 
 
+async def leave_group(consumer: AIOKafkaConsumer) -> None:
+    """Stop `consumer` (leaving its group); if this is given up on, still close its connections."""
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        # stop() leaves the group before it closes the client: given up on mid-rebalance, the client's
+        # connections would stay open until garbage collection, on a loop that may be gone by then.
+        await asyncio.shield(consumer._client.close())
+        raise
+
+
 async def close_together(
     steps: dict[str, Work], deadline: float, *, timeout_s: float, log: logging.Logger
 ) -> None:

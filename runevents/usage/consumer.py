@@ -13,7 +13,7 @@ from sqlalchemy import text
 
 from runevents.bus.names import DEFAULT_TOPIC
 from runevents.bus.projector.offsets import Positions, RebalanceListener, StaleBatchError
-from runevents.bus.stopping import STOP_TIMEOUT_S, Batch, StoppableLoop, close_together
+from runevents.bus.stopping import STOP_TIMEOUT_S, Batch, StoppableLoop, close_together, leave_group
 from runevents.names import check_identifier, check_topic
 from runevents.tables import migrate
 from runevents.tables.sql import engine_for
@@ -163,6 +163,6 @@ class UsageConsumer:
         if self._consumer is not None:
             consumer, self._consumer = self._consumer, None
             # Mid-rebalance, stop() first sees the rebalance through: given up on at `deadline`.
-            steps["leaving the group"] = consumer.stop()
+            steps["leaving the group"] = leave_group(consumer)
         steps["closing the database pool"] = self._engine.dispose()
         await close_together(steps, deadline, timeout_s=self._stop_timeout_s, log=log)

@@ -130,10 +130,16 @@ class Run:
         return told
 
 
-def assert_writers_were_told(told: Ledgers) -> None:
+def assert_writers_were_told(told: Ledgers, *, some_cut: bool = True) -> None:
     """Writers whose calls the broker's downtime cut got BrokerUnavailableError, saying whether their
-    records may be on the log (each was retried with the same event ids: nothing is there twice)."""
-    assert told.errors["BrokerUnavailableError"] > 0, f"no writer saw the broker down ({dict(told.errors)})"
+    records may be on the log (each was retried with the same event ids: nothing is there twice).
+
+    `some_cut`: require such calls (with few kills, every writer may have been waiting for its reads
+    back, not sending, while the broker was down)."""
+    if some_cut:
+        assert told.errors["BrokerUnavailableError"] > 0, (
+            f"no writer saw the broker down ({dict(told.errors)})"
+        )
     assert set(told.durable_flags) <= {"True", "False"}, f"maybe_durable not said: {dict(told.durable_flags)}"
 
 
@@ -243,7 +249,7 @@ async def test_broker_and_database_restarted_and_a_projector_killed_while_the_br
         run.fleet.stop_all()
 
     stored = await assert_acknowledged_once(url, told)
-    assert_writers_were_told(told)
+    assert_writers_were_told(told, some_cut=False)
     await assert_replay_checksum_equal(run.kafka, url, TOPIC, len(stored))
     print(
         f"{total} events, 2 broker kills (one with the database down too), 2 database restarts, 2 projector "

@@ -17,7 +17,7 @@ from runevents.bus.names import DEFAULT_PROJECTION, DEFAULT_TOPIC
 from runevents.bus.projector.batch import BatchWriter, prune_results
 from runevents.bus.projector.dead_letters import DeadLetters
 from runevents.bus.projector.offsets import Positions, RebalanceListener, StaleBatchError
-from runevents.bus.stopping import STOP_TIMEOUT_S, Batch, StoppableLoop, close_together
+from runevents.bus.stopping import STOP_TIMEOUT_S, Batch, StoppableLoop, close_together, leave_group
 from runevents.bus.topic import TopicMissingError
 from runevents.errors import RunEventsError, SchemaOutdatedError
 from runevents.masking import mask_secrets
@@ -224,7 +224,7 @@ class Projector:
             consumer, self._consumer = self._consumer, None
             # Mid-rebalance, stop() first sees the rebalance through (JoinGroup, SyncGroup): as long as
             # the broker takes to answer, which is not ours to bound but for giving up on it.
-            steps["leaving the group"] = consumer.stop()
+            steps["leaving the group"] = leave_group(consumer)
         steps["stopping the dead-letter producer"] = self._dead_letters.stop()
         steps["closing the database pool"] = self._engine.dispose()
         await close_together(steps, deadline, timeout_s=self._stop_timeout_s, log=log)
