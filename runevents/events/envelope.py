@@ -217,7 +217,9 @@ def _decode_put_fast(
             created,
             max_trace_content,
         )
-    except (msgspec.MsgspecError, ValueError, TypeError):  # InvalidEventError is a ValueError
+    # InvalidEventError is a ValueError. msgspec raises RecursionError (not a MsgspecError) for JSON
+    # nested past Python's recursion limit: the pydantic path says what is wrong with it.
+    except (msgspec.MsgspecError, ValueError, TypeError, RecursionError):
         return None
     return (PUT_IF_ABSENT, prepared) if isinstance(put, _FastPutIfAbsent) else prepared
 

@@ -220,3 +220,14 @@ async def test_a_delete_of_a_run_needs_the_run() -> None:
     with pytest.raises(InvalidQueryError, match="thread_id"):
         await producer.publish_delete_thread("")
     await producer.stop()
+
+
+@pytest.mark.parametrize("depth", [300, 999, 1000, 1023, 1100, 5000])
+def test_content_nested_past_the_recursion_limit_is_undecodable_not_a_crash(depth: int) -> None:
+    # A foreign producer's record: msgspec raises RecursionError for it, which would have escaped the
+    # decoder and failed every retry of the batch (a poison record) instead of going to the dead letters.
+    document = orjson.loads(encode_put(prepare_event(EVENT)))
+    value = orjson.dumps(document).replace(b'"content":', b'"content":' + b"[" * depth, 1)
+    value = value.replace(b',"metadata"', b"]" * depth + b',"metadata"', 1)
+    with pytest.raises(UndecodableRecordError, match="JSON"):  # not JSON, or not storable JSON
+        decode_record(value)
