@@ -28,7 +28,7 @@ from runevents.cli.support import begin_command, error_line, mask
 from runevents.cli.topic import schema as schema_command
 from runevents.cli.topic import topic_app
 from runevents.cli.usage import usage_app
-from runevents.heap import keep_heap_top
+from runevents.heap import freeze_startup_objects, keep_heap_top
 from runevents.settings import CONFIG_ENV
 
 _value_type = TyperOption.display_type_rich
@@ -101,6 +101,8 @@ def main(
     begin_command(config)
     # Every command runs in a process of runevents' own (a projector, the demo and its writers).
     keep_heap_top()
+    # The commands' modules are imported by now: the bulk of what a full collection would walk.
+    freeze_startup_objects()
 
 
 app.command("demo")(demo_command)

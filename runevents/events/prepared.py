@@ -32,18 +32,19 @@ class PreparedEvent:
     `content_json` and `metadata_json` are the JSON of `content` and `metadata` as stored, kept so no
     backend serializes them twice; `created` is `created_at` as an aware datetime in UTC, for the
     backends whose column is a timestamp. `content` and `metadata` given as None are what their JSON
-    decodes to, decoded when first read: a publish sends the JSON and never needs them.
+    decodes to, decoded when first read: a publish sends the JSON and never needs them. `created_at`
+    given as None is `created` in ISO-8601, written when first read: the projector never needs it.
     """
 
     # Slots, not a frozen dataclass: a frozen dataclass sets each field through object.__setattr__,
     # a measurable share of preparing an event on the write path. Nothing mutates one once made.
     __slots__ = (
         "_content",
+        "_created_at",
         "_metadata",
         "category",
         "content_json",
         "created",
-        "created_at",
         "event_id",
         "event_type",
         "metadata_json",
@@ -60,7 +61,7 @@ class PreparedEvent:
         category: str,
         content: Content | None,
         metadata: dict[str, Any] | None,
-        created_at: str,
+        created_at: str | None,
         user_id: str | None,
         event_id: str,
         content_json: bytes,
@@ -69,7 +70,7 @@ class PreparedEvent:
     ) -> None:
         self.thread_id, self.run_id, self.event_type, self.category = thread_id, run_id, event_type, category
         self._content, self._metadata = content, metadata
-        self.created_at, self.user_id, self.event_id = created_at, user_id, event_id
+        self._created_at, self.user_id, self.event_id = created_at, user_id, event_id
         self.content_json, self.metadata_json, self.created = content_json, metadata_json, created
 
     @property
@@ -78,6 +79,13 @@ class PreparedEvent:
         if self._content is None:
             self._content = orjson.loads(self.content_json)
         return self._content
+
+    @property
+    def created_at(self) -> str:
+        """`created` in ISO-8601 with its +00:00 offset."""
+        if self._created_at is None:
+            self._created_at = self.created.isoformat()
+        return self._created_at
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -272,7 +280,7 @@ def _prepared(
         category,
         content,
         metadata,
-        created.isoformat(),
+        None,
         user_id,
         event_id,
         content_json,
