@@ -71,6 +71,12 @@ READ_YOUR_WRITES_WAIT = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 
+READ_YOUR_WRITES_SEQS = Counter(
+    "runevents_read_your_writes_seqs",
+    "Seqs of bus-store writes, by how the writer learned them: told by the projector, or read back",
+    ("topic", "how"),
+)
+
 
 def observe_batch(
     topic: str, projection: str, records: int, seconds: float, projected: int, dead: int

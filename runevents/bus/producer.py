@@ -115,7 +115,10 @@ class EventProducer:
         topic: str = DEFAULT_TOPIC,
         max_message_bytes: int | None = None,
         compression: str | None = "lz4",
-        linger_ms: int = 5,
+        # No linger: a put waits for its record's ack, and 5 ms of linger was 5 of its 12 ms. Concurrent
+        # writers still share batches: aiokafka keeps one request a broker in flight, and records that
+        # come meanwhile join the batches queued (record_batches.py); 64 writers' puts/s rose by a third.
+        linger_ms: int = 0,
         max_batch_bytes: int = 256 * 1024,
         request_timeout_ms: int = 30_000,
         enable_idempotence: bool | None = None,
@@ -292,7 +295,7 @@ class EventProducer:
         deadline = asyncio.get_running_loop().time() + self._options["request_timeout_ms"] / 1000
         try:
             if len(records) == 1:
-                # One record: send() lets the linger gather it with other writers' records.
+                # One record: send() joins it to its partition's queued batch, if any (other writers').
                 ((event_id, thread_id, key, value, headers, _),) = records
                 queued = await producer.send(self.topic, value=value, key=key, headers=headers)
                 handed_over.append(True)

@@ -2,6 +2,8 @@
 
 The projector notifies on every commit (LISTEN/NOTIFY); notifications can be missed (a dropped
 connection, a listener started late), so the stored offsets are also polled while anyone waits.
+A small batch's commit also tells the seqs it gave (SEQS_CHANNEL): a writer that `expect`ed its events
+finds them `told` once its wait is over, and reads back only what it was not told.
 
 Pointed at a serving schema (see `runevents.ops.promote`), the watcher follows whichever projection
 is served: each poll reads the served projection's name with its offsets, and a promotion makes it
@@ -15,13 +17,14 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any, Final
 
 import asyncpg
 from sqlalchemy import MetaData, Table
 from sqlalchemy.engine import make_url
 
-from runevents.bus.names import NOTIFY_CHANNEL
+from runevents.bus.names import NOTIFY_CHANNEL, SEQS_CHANNEL
 from runevents.errors import RunEventsError
 from runevents.metrics import READ_YOUR_WRITES_WAIT
 from runevents.names import check_identifier, check_topic
@@ -76,6 +79,8 @@ class ProjectionWatcher:
         self._generation = 0
         self._reached: dict[int, int] = {}
         self._waiters: dict[int, list[tuple[int, asyncio.Future[None]]]] = defaultdict(list)
+        # The events writers expect the seqs of: None until a notification tells it.
+        self._expected: dict[str, int | None] = {}
         self._listener: asyncpg.Connection | None = None
         self._poller: asyncio.Task[None] | None = None
         self._starting = asyncio.Lock()
@@ -146,8 +151,9 @@ class ProjectionWatcher:
             followed = (_schema_name(schema), projection)
             if self._serving and followed != self._following:
                 if self._following is not None:
-                    # Promoted: the old projection's offsets say nothing of the new one's.
+                    # Promoted: the old projection's offsets and seqs say nothing of the new one's.
                     self._reached.clear()
+                    self._expected = dict.fromkeys(self._expected)
                     self._generation += 1
                 self._following = followed
             self._advance(partition, next_offset)
@@ -156,6 +162,7 @@ class ProjectionWatcher:
         """(Re)open the LISTEN connection."""
         self._listener = await self._connect()
         await self._listener.add_listener(NOTIFY_CHANNEL, self._notified)
+        await self._listener.add_listener(SEQS_CHANNEL, self._told_seqs)
 
     async def close(self) -> None:
         """Stop listening and polling; anyone still waiting gets a `ProjectionTimeout`-free cancel."""
@@ -227,6 +234,33 @@ class ProjectionWatcher:
             for part in reached.split(","):
                 partition, next_offset = part.split(":")
                 self._advance(int(partition), int(next_offset))
+
+    def expect(self, event_ids: Sequence[str]) -> None:
+        """Keep the seqs of `event_ids` that notifications tell, until `forget`."""
+        for event_id in event_ids:
+            self._expected.setdefault(event_id, None)
+
+    def told(self, event_ids: Sequence[str]) -> dict[str, int]:
+        """The seqs notifications told of `event_ids` (those expected) so far."""
+        expected = self._expected
+        return {event_id: seq for event_id in event_ids if (seq := expected.get(event_id)) is not None}
+
+    def forget(self, event_ids: Sequence[str]) -> None:
+        """Stop keeping the seqs of `event_ids`."""
+        for event_id in event_ids:
+            self._expected.pop(event_id, None)
+
+    def _told_seqs(self, connection: Any, pid: int, channel: str, payload: str) -> None:
+        schema, projection, topic, told = payload.split("\t")
+        if ((_schema_name(schema), projection), topic) != (self._following, self._topic):
+            return
+        expected = self._expected
+        if not expected:
+            return
+        for part in told.split(","):
+            event_id, seq = part.split(":")
+            if event_id in expected:
+                expected[event_id] = int(seq)
 
     async def _poll(self) -> None:
         connection: asyncpg.Connection | None = None

@@ -32,6 +32,7 @@ from runevents.events import (
     prepare_event,
     prepare_events,
 )
+from runevents.metrics import READ_YOUR_WRITES_SEQS
 from runevents.names import check_identifier, check_topic
 from runevents.store.opener import StoreUrl
 from runevents.tables import writes
@@ -140,8 +141,14 @@ class BusRunEventStore(ReadTablesStore):
         if not prepared:
             return []
         await self._ready_to_publish()
-        published = await self._producer.publish_puts(prepared)
-        seqs = await self._read_back(published, lambda: self._projected_seqs(prepared))
+        ids = [event.event_id for event in prepared]
+        # Before publishing: the projector may tell the seqs as soon as the broker has the records.
+        self._watcher.expect(ids)
+        try:
+            published = await self._producer.publish_puts(prepared)
+            seqs = await self._read_back(published, lambda: self._projected_seqs(prepared))
+        finally:
+            self._watcher.forget(ids)
         return [make_record(event, seqs[event.event_id]) for event in prepared]
 
     async def _ready_to_publish(self) -> None:
@@ -182,18 +189,25 @@ class BusRunEventStore(ReadTablesStore):
 
     async def _projected_seqs(self, events: Sequence[PreparedEvent]) -> dict[str, int]:
         """The seq the projector gave each event (also when a delete has removed it since)."""
-        # The record is what was published, numbered: only its seq needs reading back. Concurrent
-        # writers' lookups share one query (many puts waiting on one projector batch would
+        # The record is what was published, numbered: only its seq is wanted, and the projector's
+        # notification has told it unless the batch was large or the notification missed. Concurrent
+        # writers' lookups of the rest share one query (many puts waiting on one projector batch would
         # otherwise each pay a query of their own).
-        wanted = [(event.thread_id, event.event_id) for event in events]
+        told = self._watcher.told([event.event_id for event in events])
+        READ_YOUR_WRITES_SEQS.labels(self._producer.topic, "told").inc(len(told))
+        if len(told) == len(events):
+            return told
+        READ_YOUR_WRITES_SEQS.labels(self._producer.topic, "read").inc(len(events) - len(told))
+        wanted = [(event.thread_id, event.event_id) for event in events if event.event_id not in told]
         found = await self._lookups.submit(wanted)
         missing = [event_id for (_, event_id), seq in zip(wanted, found, strict=True) if seq is None]
         if missing:
             raise ProjectedRecordMissingError(
-                f"{len(missing)} of {len(wanted)} events were projected but are not in the read tables "
+                f"{len(missing)} of {len(events)} events were projected but are not in the read tables "
                 f"(dead-lettered? see dead_letters), e.g. event_id {missing[0]}"
             )
-        return {event_id: seq for (_, event_id), seq in zip(wanted, found, strict=True) if seq is not None}
+        read = {event_id: seq for (_, event_id), seq in zip(wanted, found, strict=True) if seq is not None}
+        return told | read
 
     async def _lookup_seqs(self, groups: list[Sequence[tuple[str, str]]]) -> list[list[int | None]]:
         """One query for the seqs of every waiting writer's events, in the read tables or tombstones."""

@@ -7,7 +7,7 @@ ids hold no control characters (the event rules refuse them), so a tab cannot be
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -21,7 +21,9 @@ DELETED: Final = "d"
 # PostgreSQL refuses payloads of 8000 bytes or more; a commit of many threads is told in several.
 _PAYLOAD_LIMIT: Final = 7000
 
-_NOTIFY_SQL: Final = "SELECT count(pg_notify($1, payload)) FROM unnest($2::text[]) AS payload"
+_NOTIFY_SQL: Final = (
+    "SELECT count(pg_notify(channel, payload)) FROM unnest($1::text[], $2::text[]) AS n(channel, payload)"
+)
 _NOTIFY_TEXT: Final = text(
     "SELECT count(pg_notify(:channel, payload)) FROM unnest(CAST(:payloads AS text[])) AS payload"
 )
@@ -60,10 +62,18 @@ def decode(payload: str) -> ThreadNotice | None:
 
 
 async def notify_asyncpg(
-    connection: asyncpg.Connection, schema: str | None, op: Literal["w", "d"], thread_ids: Iterable[str]
+    connection: asyncpg.Connection,
+    schema: str | None,
+    op: Literal["w", "d"],
+    thread_ids: Iterable[str],
+    *,
+    also: Sequence[tuple[str, str]] = (),
 ) -> None:
-    """Queue the notices on an asyncpg connection's transaction."""
-    await connection.fetchval(_NOTIFY_SQL, THREADS_CHANNEL, payloads(schema, op, thread_ids))
+    """Queue the notices on an asyncpg connection's transaction, and `also` (channel, payload) pairs."""
+    told = [(THREADS_CHANNEL, payload) for payload in payloads(schema, op, thread_ids)]
+    told += also
+    # One statement for every channel: a round trip per batch written, not per channel.
+    await connection.fetchval(_NOTIFY_SQL, [channel for channel, _ in told], [payload for _, payload in told])
 
 
 async def notify(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import asyncpg
@@ -197,11 +197,13 @@ async def insert_events_postgresql(
     schema: str | None,
     *,
     records: bool = True,
+    notices: Callable[[list[tuple[Any, ...]]], Sequence[tuple[str, str]]] | None = None,
 ) -> list[Record]:
     """Reserve seqs for `events` from their threads' counters and COPY their rows; return the records.
 
     `records=False` returns none: the projector has no caller to hand them to, and building them is a
-    measurable share of its work per event.
+    measurable share of its work per event. `notices`: (channel, payload) pairs to notify on commit as
+    well, made from the rows written (the projector tells waiting writers their seqs).
     """
     if not connection.is_in_transaction():
         # Outside a transaction the counters would commit apart from the rows: a crash between them
@@ -220,7 +222,8 @@ async def insert_events_postgresql(
         records=records,
     )
     await copy_rows(connection, rows, schema)
-    await notify_asyncpg(connection, schema, WRITTEN, thread_ids)
+    also = () if notices is None else notices(rows)
+    await notify_asyncpg(connection, schema, WRITTEN, thread_ids, also=also)
     return made
 
 

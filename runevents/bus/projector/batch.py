@@ -15,6 +15,7 @@ from aiokafka.structs import ConsumerRecord
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from runevents.bus.names import SEQS_CHANNEL
 from runevents.bus.projector.dead_letters import DeadLetters
 from runevents.bus.projector.decoding import Op, decode_consumer_record
 from runevents.bus.projector.offsets import Fence, Owned
@@ -24,6 +25,32 @@ from runevents.tables.schema import deleted_events, op_results
 
 # Op results and tombstones serve writers waiting on them and retries of the same record: minutes.
 RESULTS_KEPT_S: Final = 3600
+# Batches of at most this many puts tell their seqs to the writers waiting (SEQS_CHANNEL): a few
+# payloads. Larger ones are a backlog's, with few writers waiting on them, who read their seqs back.
+SEQS_TOLD_MAX: Final = 400
+_PAYLOAD_LIMIT: Final = 7000  # PostgreSQL refuses NOTIFY payloads of 8000 bytes or more
+_EVENT_ID: Final = writes.ROW_COLUMNS.index("event_id")
+_SEQ: Final = writes.ROW_COLUMNS.index("seq")
+
+
+def seq_notifications(
+    schema: str | None, projection: str, topic: str, seqs: list[tuple[str, int]]
+) -> list[str]:
+    """SEQS_CHANNEL payloads telling the seq of each (event id, seq) written by a projection's batch."""
+    head = "\t".join((schema or "", projection, topic)) + "\t"
+    payloads: list[str] = []
+    parts: list[str] = []
+    size = len(head)
+    for event_id, seq in seqs:
+        part = f"{event_id}:{seq}"
+        if parts and size + len(part) + 1 > _PAYLOAD_LIMIT:
+            payloads.append(head + ",".join(parts))
+            parts, size = [], len(head)
+        parts.append(part)
+        size += len(part) + 1
+    if parts:
+        payloads.append(head + ",".join(parts))
+    return payloads
 
 
 class BatchWriter:
@@ -103,8 +130,18 @@ class BatchWriter:
                 seen.add(event.event_id)
                 fresh.append(event)
         if fresh:
-            await writes.insert_events_postgresql(raw, fresh, self._schema, records=False)
+            await writes.insert_events_postgresql(
+                raw, fresh, self._schema, records=False, notices=self._seqs_told
+            )
             self.projected += len(fresh)
+
+    def _seqs_told(self, rows: list[tuple[Any, ...]]) -> list[tuple[str, str]]:
+        """The (channel, payload) pairs telling waiting writers the seqs of a small batch's rows."""
+        if len(rows) > SEQS_TOLD_MAX:
+            return []
+        seqs = [(row[_EVENT_ID], row[_SEQ]) for row in rows]
+        told = seq_notifications(self._schema, self.projection, self.topic, seqs)
+        return [(SEQS_CHANNEL, payload) for payload in told]
 
     async def _apply_op(self, connection: AsyncConnection, op: Op) -> None:
         event_id = op[1].event_id if isinstance(op, tuple) else op.event_id
