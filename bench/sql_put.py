@@ -28,7 +28,7 @@ from sqlalchemy.engine import URL
 from bench import cpu, deerflow_store
 from bench.deerflow_store import DeerFlowStore
 from bench.events import COLUMNS, Event, make_event, table_row
-from bench.machine import load
+from bench.machine import inputs_frozen, load
 from bench.postgres import postgres_server, scratch_database
 from bench.roles import Servers, cpu_line, median_us
 from runevents.tables.sql import SqlRunEventStore
@@ -365,7 +365,8 @@ async def run(server: URL, description: str, workload: Workload) -> None:
                 f"naive pool {POOL_SIZE} connections, COPY on {COPY_CONNECTIONS}"
             )
             print(f"load average before: {load()}")
-            runs = [await repetition(admin, plan, number, servers) for number in range(workload.repetitions)]
+            with inputs_frozen():
+                runs = [await repetition(admin, plan, n, servers) for n in range(workload.repetitions)]
             report(runs, plan)
             print(f"load average after:  {load()}")
         finally:
