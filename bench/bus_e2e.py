@@ -168,7 +168,8 @@ async def latencies(store: BusRunEventStore, kafka: str, topic: str, samples: in
         started = time.perf_counter()
         await store.put(**make_event("latency", "run-latency", n))
         puts.append(time.perf_counter() - started)
-    producer = AIOKafkaProducer(bootstrap_servers=kafka, acks="all", compression_type="lz4", linger_ms=5)
+    # As the bus producer sends: acks=all, lz4, no linger.
+    producer = AIOKafkaProducer(bootstrap_servers=kafka, acks="all", compression_type="lz4", linger_ms=0)
     await producer.start()
     sends = []
     try:
