@@ -66,7 +66,7 @@ RULES: list[tuple[tuple[str, ...], tuple[str, ...], str]] = [
 
 # What each part of the tree may import besides itself: the table in the README's architecture section.
 _BASE = ("runevents.errors", "runevents.masking", "runevents.names")
-_CORE = (*_BASE, "runevents.events", "runevents.store", "runevents.tables", "runevents.bus")
+_CORE = (*_BASE, "runevents.events", "runevents.lifecycle", "runevents.store", "runevents.tables", "runevents.bus")
 LAYERS: dict[str, tuple[str, ...]] = {
     "runevents.errors": (),
     "runevents.masking": (),
@@ -74,8 +74,10 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "runevents.metrics": (),
     "runevents.names": ("runevents.errors",),
     "runevents.events": ("runevents.errors",),
-    "runevents.store": (*_BASE, "runevents.events"),
-    "runevents.tables": (*_BASE, "runevents.events", "runevents.store"),
+    # Retention policies and what they expire: data rules, beside the events.
+    "runevents.lifecycle": (*_BASE, "runevents.events"),
+    "runevents.store": (*_BASE, "runevents.events", "runevents.lifecycle"),
+    "runevents.tables": (*_BASE, "runevents.events", "runevents.lifecycle", "runevents.store"),
     "runevents.retrying": ("runevents.masking", "runevents.tables"),
     "runevents.bus": (*_CORE, "runevents.retrying", "runevents.metrics"),
     "runevents.settings": (*_BASE, "runevents.tables", "runevents.bus"),
