@@ -66,7 +66,14 @@ RULES: list[tuple[tuple[str, ...], tuple[str, ...], str]] = [
 
 # What each part of the tree may import besides itself: the table in the README's architecture section.
 _BASE = ("runevents.errors", "runevents.masking", "runevents.names")
-_CORE = (*_BASE, "runevents.events", "runevents.lifecycle", "runevents.store", "runevents.tables", "runevents.bus")
+_CORE = (
+    *_BASE,
+    "runevents.events",
+    "runevents.lifecycle",
+    "runevents.store",
+    "runevents.tables",
+    "runevents.bus",
+)
 LAYERS: dict[str, tuple[str, ...]] = {
     "runevents.errors": (),
     "runevents.masking": (),

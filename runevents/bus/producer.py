@@ -26,9 +26,11 @@ from runevents.errors import InvalidEventError, RunEventsError
 from runevents.events import (
     DELETE_RUN,
     DELETE_THREAD,
+    EXPIRE,
     PUT,
     PreparedEvent,
     encode_delete,
+    encode_expire,
     encode_put,
     headers_of,
     new_event_id,
@@ -266,9 +268,19 @@ class EventProducer:
         check_id("run_id", run_id)
         return await self._publish_op(DELETE_RUN, thread_id, run_id)
 
+    async def publish_expire(self, thread_id: str, seqs: list[int]) -> Published:
+        """Publish an expiry of the thread's events at `seqs` (retention); return where it landed."""
+        check_id("thread_id", thread_id)
+        event_id = new_event_id()
+        return await self._publish_value(
+            EXPIRE, thread_id, event_id, encode_expire(event_id, thread_id, seqs)
+        )
+
     async def _publish_op(self, op: str, thread_id: str, run_id: str | None) -> Published:
         event_id = new_event_id()
-        value = encode_delete(event_id, thread_id, run_id)
+        return await self._publish_value(op, thread_id, event_id, encode_delete(event_id, thread_id, run_id))
+
+    async def _publish_value(self, op: str, thread_id: str, event_id: str, value: bytes) -> Published:
         key, headers = thread_id.encode(), headers_of(op)
         (published,) = await self._send_all(
             [(event_id, thread_id, key, value, headers, framed_size(key, value, headers_size(headers)))]

@@ -268,6 +268,12 @@ class BusRunEventStore(ReadTablesStore):
         result = await self._op_result(await self._producer.publish_delete_run(thread_id, run_id))
         return int(result.removed)
 
+    async def _expire(self, thread_id: str, seqs: list[int]) -> int:
+        # Written to the log like a delete: a replay of the topic expires the same events.
+        await self._ready_to_publish()
+        result = await self._op_result(await self._producer.publish_expire(thread_id, seqs))
+        return int(result.removed)
+
 
 def open_url(url: StoreUrl) -> BusRunEventStore:
     """A bus store for `kafka://brokers/topic?database=<percent-encoded URL>&projection=&schema=`."""

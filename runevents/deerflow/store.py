@@ -10,6 +10,7 @@ from typing import Any
 
 from runevents.deerflow.users import AUTO, UserArgument, Users
 from runevents.events import Content, Record
+from runevents.lifecycle.retention import Summary
 from runevents.store import RunEventStore
 from runevents.store.subscriptions import Doorbell
 
@@ -329,6 +330,14 @@ class DeerFlowRunEventStore(RunEventStore):
     async def _delete_run(self, thread_id: str, run_id: str) -> int:
         await self._ready()
         return await self.store._delete_run(thread_id, run_id)
+
+    async def _expire(self, thread_id: str, seqs: list[int]) -> int:
+        await self._ready()
+        return await self.store._expire(thread_id, seqs)
+
+    async def _summaries(self, thread_id: str) -> list[Summary]:
+        await self._ready()
+        return await self.store._summaries(thread_id)
 
     async def close(self) -> None:
         """Close the wrapped store."""

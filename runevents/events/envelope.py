@@ -46,6 +46,9 @@ PUT: Final = "put"
 PUT_IF_ABSENT: Final = "put_if_absent"
 DELETE_THREAD: Final = "delete_thread"
 DELETE_RUN: Final = "delete_run"
+EXPIRE: Final = "expire"
+# The most seqs one expiry record carries: retention expires in bounded steps.
+MAX_EXPIRED_SEQS: Final = 10_000
 
 
 def _check_metadata_object(value: Any) -> Any:
@@ -100,8 +103,18 @@ class DeleteRunEnvelope(_EnvelopeBase):
     run_id: Id
 
 
-Envelope = Annotated[PutEnvelope | DeleteThreadEnvelope | DeleteRunEnvelope, Field(discriminator="op")]
-ENVELOPE: Final[TypeAdapter[PutEnvelope | DeleteThreadEnvelope | DeleteRunEnvelope]] = TypeAdapter(Envelope)
+class ExpireEnvelope(_EnvelopeBase):
+    """Retention's expiry: the thread's events at these seqs go; its seq goes on and its counts stay exact."""
+
+    op: Literal["expire"]
+    seqs: list[Annotated[int, Field(ge=1, le=2**63 - 1)]] = Field(
+        min_length=1, max_length=MAX_EXPIRED_SEQS, description="The seqs removed, as retention chose them."
+    )
+
+
+Ops = DeleteThreadEnvelope | DeleteRunEnvelope | ExpireEnvelope
+Envelope = Annotated[PutEnvelope | Ops, Field(discriminator="op")]
+ENVELOPE: Final[TypeAdapter[PutEnvelope | Ops]] = TypeAdapter(Envelope)
 
 
 def envelope_json_schema() -> dict[str, Any]:
@@ -136,6 +149,13 @@ def encode_put(event: PreparedEvent, op: str = PUT) -> bytes:
             "created_at": event.created_at,
             "user_id": event.user_id,
         }
+    )
+
+
+def encode_expire(event_id: str, thread_id: str, seqs: list[int]) -> bytes:
+    """The topic record value of an expiry of some of a thread's events."""
+    return orjson.dumps(
+        {"v": ENVELOPE_VERSION, "op": EXPIRE, "event_id": event_id, "thread_id": thread_id, "seqs": seqs}
     )
 
 
@@ -226,8 +246,8 @@ def _decode_put_fast(
 
 def decode_record(
     value: bytes | None, *, max_trace_content: int | None = DEFAULT_MAX_TRACE_CONTENT
-) -> PreparedEvent | DeleteThreadEnvelope | DeleteRunEnvelope | tuple[str, PreparedEvent]:
-    """A topic record's value as a prepared put, `(PUT_IF_ABSENT, prepared)`, or a delete envelope."""
+) -> PreparedEvent | Ops | tuple[str, PreparedEvent]:
+    """A topic record's value as a prepared put, `(PUT_IF_ABSENT, prepared)`, or a delete or expiry."""
     if value is None:
         raise UndecodableRecordError("the record has no value")
     fast = _decode_put_fast(value, max_trace_content)
@@ -236,7 +256,7 @@ def decode_record(
 
 def _decode_validated(
     value: bytes, max_trace_content: int | None
-) -> PreparedEvent | DeleteThreadEnvelope | DeleteRunEnvelope | tuple[str, PreparedEvent]:
+) -> PreparedEvent | Ops | tuple[str, PreparedEvent]:
     """Decode with the envelope's pydantic models, which say what is wrong with a bad record."""
     try:
         document = orjson.loads(value)

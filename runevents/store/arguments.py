@@ -89,3 +89,16 @@ def _check_int(argument: str, value: object, largest: int) -> None:
         raise InvalidQueryError(argument, f"must be an int, got {type(value).__name__}")
     if not 0 <= value <= largest:
         raise InvalidQueryError(argument, f"must be from 0 to {largest}, got {value}")
+
+
+def check_seqs(argument: str, values: object) -> list[int]:
+    """A collection of seqs (ints from 1), at most `MAX_ITEMS`, as a sorted list without repeats."""
+    if values is None or isinstance(values, str | bytes) or not isinstance(values, Collection):
+        raise InvalidQueryError(argument, f"must be a collection of ints, got {type(values).__name__}")
+    if len(values) > MAX_ITEMS:
+        raise InvalidQueryError(argument, f"must hold at most {MAX_ITEMS} items (got {len(values)})")
+    for position, value in enumerate(values):
+        _check_int(f"{argument}[{position}]", value, MAX_SEQ)
+        if value == 0:
+            raise InvalidQueryError(f"{argument}[{position}]", "must be at least 1 (seqs start at 1)")
+    return sorted(set(values))

@@ -11,7 +11,8 @@ from typing import Any, Self
 
 from runevents.errors import InvalidEventError
 from runevents.events import MAX_INDEXED_MESSAGE_ID, Content, Record
-from runevents.store.arguments import check_id, check_names, check_page, check_text, check_user
+from runevents.lifecycle.retention import Summary
+from runevents.store.arguments import check_id, check_names, check_page, check_seqs, check_text, check_user
 from runevents.store.subscriptions import Doorbell, Doorbells, follow, watching
 
 
@@ -182,6 +183,21 @@ class RunEventStore(abc.ABC):
         check_id("thread_id", thread_id)
         return await self._delete_thread(thread_id)
 
+    async def expire_events(self, thread_id: str, seqs: Collection[int]) -> int:
+        """Remove the thread's events at `seqs`, as retention does; return how many were removed.
+
+        The thread's seq goes on (no seq is ever given again) and its counts stay exact; seqs it does
+        not hold are skipped. At most 10,000 seqs a call: retention expires in bounded steps.
+        """
+        check_id("thread_id", thread_id)
+        checked = check_seqs("seqs", seqs)
+        return await self._expire(thread_id, checked) if checked else 0
+
+    async def retention_summaries(self, thread_id: str) -> list[Summary]:
+        """What retention looks at of each of the thread's events (seq, run, category, time), in seq order."""
+        check_id("thread_id", thread_id)
+        return await self._summaries(thread_id)
+
     async def delete_by_run(self, thread_id: str, run_id: str) -> int:
         """Delete a run's records (the thread's seq goes on); return how many were removed."""
         # A missing run id is an error, never "every run": the check comes before any backend.
@@ -272,6 +288,14 @@ class RunEventStore(abc.ABC):
     @abc.abstractmethod
     async def _delete_run(self, thread_id: str, run_id: str) -> int:
         """`delete_by_run` of checked ids."""
+
+    @abc.abstractmethod
+    async def _expire(self, thread_id: str, seqs: list[int]) -> int:
+        """`expire_events` of a checked id and checked seqs (sorted, distinct, at least one)."""
+
+    @abc.abstractmethod
+    async def _summaries(self, thread_id: str) -> list[Summary]:
+        """`retention_summaries` of a checked id."""
 
     async def close(self) -> None:
         """Release what the store holds (files, locks, connections); idempotent."""

@@ -227,6 +227,28 @@ class JsonlRunEventStore(ThreadLogStore):
         await self._blocking(jsonl_files.remove_run, files, run_id, strays, self._fsync)
         return log.remove_run(run_id)
 
+    async def _expire(self, thread_id: str, seqs: list[int]) -> int:
+        self._check_id_argument("thread_id", thread_id)
+        self._claim_directory()
+        async with self._thread_lock(thread_id):
+            return await run_to_completion(self._remove_seqs(thread_id, seqs))
+
+    async def _remove_seqs(self, thread_id: str, seqs: list[int]) -> int:
+        log = await self._load(thread_id)
+        gone = set(seqs)
+        runs = {event.run_id for event in log.events if event.seq in gone}
+        if not runs:
+            return 0
+        files = ThreadFiles(self._base, thread_id)
+        strays = self._strays.get(thread_id, {})
+        paths = {files.run_file(run_id) for run_id in runs} | {
+            path for run_id in runs for path in strays.get(run_id, ())
+        }
+        # As for a run's delete: the counter is on disk before any record goes, so no seq is reused.
+        await self._blocking(jsonl_files.write_counter, files, log.last_seq, self._fsync)
+        await self._blocking(jsonl_files.remove_seqs, files, sorted(paths), gone, self._fsync)
+        return log.remove_seqs(gone)
+
     @staticmethod
     def _check_id_argument(argument: str, value: str) -> None:
         problem = jsonl_files.unsafe_id_problem(value) if isinstance(value, str) else "must be a str"

@@ -18,7 +18,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -254,6 +254,38 @@ def remove_run(files: ThreadFiles, run_id: str, strays: Iterable[Path], fsync: b
     files.run_file(run_id).unlink(missing_ok=True)
     if fsync:
         _sync_dir(files.runs)
+
+
+def remove_seqs(files: ThreadFiles, paths: Iterable[Path], seqs: Collection[int], fsync: bool) -> None:
+    """Rewrite each of `paths` without its records at `seqs`: replaced whole, or removed if left empty."""
+    gone = set(seqs)
+    paths = list(paths)
+    files.refuse_links(*paths)
+    for path in paths:
+        if not path.exists():
+            continue
+        lines = [line for line in path.read_bytes().split(b"\n") if line.strip()]
+        kept = [line for line in lines if _seq_of(line) not in gone]
+        if len(kept) == len(lines):
+            continue
+        if not kept:
+            path.unlink()
+            continue
+        aside = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
+        with open(aside, "wb") as file:
+            file.write(b"\n".join(kept) + b"\n")
+            file.flush()
+            _durable(file.fileno(), fsync)
+        os.replace(aside, path)
+    if fsync:
+        _sync_dir(files.runs)
+
+
+def _seq_of(line: bytes) -> Any:
+    try:
+        return orjson.loads(line).get("seq")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
 
 
 def remove_thread(files: ThreadFiles) -> None:

@@ -6,6 +6,7 @@ import abc
 from collections.abc import Collection
 
 from runevents.events import Record
+from runevents.lifecycle.retention import Summary
 from runevents.store.base import RunEventStore
 from runevents.store.thread_log import ThreadLog
 
@@ -75,3 +76,7 @@ class ThreadLogStore(RunEventStore):
     ) -> list[Record]:
         log = await self._read_log(thread_id)
         return log.records_after(after_seq, limit, run_id, categories, user_id)
+
+    async def _summaries(self, thread_id: str) -> list[Summary]:
+        log = await self._read_log(thread_id)
+        return log.summaries()

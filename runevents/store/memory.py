@@ -55,3 +55,7 @@ class MemoryRunEventStore(ThreadLogStore):
     async def _delete_run(self, thread_id: str, run_id: str) -> int:
         log = self._threads.get(thread_id)
         return 0 if log is None else log.remove_run(run_id)
+
+    async def _expire(self, thread_id: str, seqs: list[int]) -> int:
+        log = self._threads.get(thread_id)
+        return 0 if log is None else log.remove_seqs(seqs)

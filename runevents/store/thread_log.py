@@ -9,11 +9,13 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from operator import attrgetter
 
 import orjson
 
 from runevents.events import MESSAGE_CATEGORY, Record, is_visible_ai_message, message_id_of, to_json
+from runevents.lifecycle.retention import Summary
 
 _seq = attrgetter("seq")
 
@@ -30,6 +32,7 @@ class LoggedEvent:
     task_id: str | None
     visible_ai: bool
     message_id: str | None
+    created_at: str
     line: bytes
 
     @classmethod
@@ -46,6 +49,7 @@ class LoggedEvent:
             task_id=task_id if isinstance(task_id, str) else None,
             visible_ai=is_visible_ai_message(record["event_type"], record["category"], metadata),
             message_id=message_id_of(record["category"], record["content"]),
+            created_at=record["created_at"],
             line=to_json(record) if line is None else line,
         )
 
@@ -126,19 +130,44 @@ class ThreadLog:
 
     def remove_run(self, run_id: str) -> int:
         """Drop a run's records (the seq counter stays); return how many were dropped."""
-        removed = self.runs.pop(run_id, [])
+        return self._remove(self.runs.get(run_id, []))
+
+    def remove_seqs(self, seqs: Collection[int]) -> int:
+        """Drop the records at `seqs` (the seq counter stays); return how many were dropped."""
+        gone = set(seqs)
+        return self._remove([event for event in self.events if event.seq in gone])
+
+    def _remove(self, removed: list[LoggedEvent]) -> int:
+        """Drop `removed`, records this log holds, from every index; return how many."""
         if not removed:
             return 0
-        self.run_messages.pop(run_id, None)
-        self.events = [event for event in self.events if event.run_id != run_id]
-        self.messages = [event for event in self.messages if event.run_id != run_id]
-        for message_id in {event.message_id for event in removed if event.message_id is not None}:
-            kept = [event for event in self.by_message_id[message_id] if event.run_id != run_id]
-            if kept:
-                self.by_message_id[message_id] = kept
-            else:
-                del self.by_message_id[message_id]
+        gone = {event.seq for event in removed}
+
+        def kept(events: list[LoggedEvent]) -> list[LoggedEvent]:
+            return [event for event in events if event.seq not in gone]
+
+        def prune(index: dict[str, list[LoggedEvent]], keys: set[str]) -> None:
+            for key in keys & index.keys():
+                left = kept(index[key])
+                if left:
+                    index[key] = left
+                else:
+                    del index[key]
+
+        self.events = kept(self.events)
+        self.messages = kept(self.messages)
+        runs = {event.run_id for event in removed}
+        prune(self.runs, runs)
+        prune(self.run_messages, runs)
+        prune(self.by_message_id, {event.message_id for event in removed if event.message_id is not None})
         return len(removed)
+
+    def summaries(self) -> list[Summary]:
+        """What retention looks at of each record, in seq order."""
+        return [
+            Summary(event.seq, event.run_id, event.category, datetime.fromisoformat(event.created_at))
+            for event in self.events
+        ]
 
     def first_of_type(self, run_id: str, event_type: str) -> LoggedEvent | None:
         """The run's earliest record of an event type, if it has one."""

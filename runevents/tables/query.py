@@ -22,6 +22,7 @@ from runevents.events import (
     Record,
     utc_iso,
 )
+from runevents.lifecycle.retention import Summary
 from runevents.store.base import RunEventStore
 from runevents.store.subscriptions import Doorbell, SharedReads, watching
 from runevents.tables import migrate
@@ -161,6 +162,18 @@ class ReadTablesStore(RunEventStore):
             except DATABASE_ERRORS as exc:
                 raise ReadFailedError(f"the read tables' database did not answer: {reason_of(exc)}") from exc
             self._schema_checked = True
+
+    async def _summaries(self, thread_id: str) -> list[Summary]:
+        rows = await self._rows(
+            select(_e.seq, _e.run_id, _e.category, _e.created_at)
+            .where(_e.thread_id == thread_id)
+            .order_by(_e.seq.asc())
+        )
+        # SQLite returns what it stored, UTC without an offset.
+        return [
+            Summary(seq, run_id, category, at if at.tzinfo is not None else at.replace(tzinfo=UTC))
+            for seq, run_id, category, at in rows
+        ]
 
     async def _rows(self, statement: Select[Any]) -> list[Any]:
         await self._ready()

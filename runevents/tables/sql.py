@@ -290,6 +290,11 @@ class SqlRunEventStore(ReadTablesStore):
         async with self._transaction(f"delete_by_run({thread_id!r}, {run_id!r})") as connection:
             return await writes.delete_run(connection, thread_id, run_id)
 
+    async def _expire(self, thread_id: str, seqs: list[int]) -> int:
+        await self._ready()
+        async with self._transaction(f"expiring {len(seqs)} events of thread {thread_id!r}") as connection:
+            return await writes.delete_seqs(connection, thread_id, seqs)
+
 
 def open_url(url: StoreUrl) -> SqlRunEventStore:
     """A sql store for a PostgreSQL or SQLite URL (options: `schema`, libpq's TLS parameters)."""

@@ -326,10 +326,24 @@ async def delete_run(
     connection: AsyncConnection, thread_id: str, run_id: str, *, tombstones: bool = False
 ) -> int:
     """Delete a run's rows (the thread's seq goes on) and count them off; return how many went."""
+    in_run = (_e.thread_id == thread_id) & (_e.run_id == run_id)
+    return await _delete_counted(connection, thread_id, in_run, tombstones=tombstones)
+
+
+async def delete_seqs(connection: AsyncConnection, thread_id: str, seqs: Sequence[int]) -> int:
+    """Delete the thread's rows at `seqs` (retention; the seq goes on) and count them off; return how many."""
+    at_seqs = (_e.thread_id == thread_id) & _e.seq.in_(seqs)
+    # No tombstones: they serve writers racing a delete and retries of a fresh record, not old ones.
+    return await _delete_counted(connection, thread_id, at_seqs, tombstones=False)
+
+
+async def _delete_counted(
+    connection: AsyncConnection, thread_id: str, where: ColumnElement[bool], *, tombstones: bool
+) -> int:
+    """Delete the thread's rows `where` picks, under its counter row's lock, and count them off."""
     if await lock_thread(connection, thread_id) is None:
         return 0
-    in_run = (_e.thread_id == thread_id) & (_e.run_id == run_id)
-    categories = await _delete_rows(connection, thread_id, in_run, tombstones=tombstones)
+    categories = await _delete_rows(connection, thread_id, where, tombstones=tombstones)
     if categories:
         messages = sum(1 for category in categories if category == MESSAGE_CATEGORY)
         await connection.execute(

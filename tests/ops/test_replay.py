@@ -24,7 +24,8 @@ COUNTERS = "SELECT thread_id, last_seq, event_count, message_count FROM {schema}
 
 
 async def write_history(store: BusRunEventStore, threads: int, per_thread: int) -> None:
-    """Puts, put_if_absent, a deleted run and a deleted thread: every kind of record the topic holds."""
+    """Puts, put_if_absent, a deleted run, a deleted thread and an expiry: every kind of record the topic
+    holds."""
     for number in range(per_thread):
         await store.put_batch(
             [event(f"t{thread}", number, run_id=f"r{number % 3}") for thread in range(threads)]
@@ -35,6 +36,9 @@ async def write_history(store: BusRunEventStore, threads: int, per_thread: int) 
     await store.delete_by_run("t1", "r1")
     await store.delete_by_thread("t2")
     await store.put_batch([event("t2", 1000), event("t1", 1001, run_id="r1")])
+    # Retention's expiry, the thread's newest seq among them: a replay must not give it again.
+    assert await store.expire_events("t0", [1, 3, per_thread + 1]) == 3
+    await store.put_batch([event("t0", 1002)])
 
 
 async def assert_same_tables(url: str, live: str, replayed: str) -> None:

@@ -54,6 +54,8 @@ async def test_usage_equals_an_independent_sum_through_deletes_and_garbage(
     await store.producer.publish_delete_thread("t002")
     expected.delete_thread("t002")
     await store.publish_batch([model_call(rng, "t002", "r9", expected)])
+    # Retention's expiry takes events, not what they cost: the usage of expired calls stays.
+    await store.producer.publish_expire("t003", list(range(1, 50)))
     # Records nobody can decode are skipped and counted; the partition goes on.
     raw = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
     await raw.start()

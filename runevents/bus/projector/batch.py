@@ -19,7 +19,13 @@ from runevents.bus.names import SEQS_CHANNEL
 from runevents.bus.projector.dead_letters import DeadLetters
 from runevents.bus.projector.decoding import Op, decode_consumer_record
 from runevents.bus.projector.offsets import Fence, Owned
-from runevents.events import PUT_IF_ABSENT, DeleteRunEnvelope, PreparedEvent, UndecodableRecordError
+from runevents.events import (
+    PUT_IF_ABSENT,
+    DeleteRunEnvelope,
+    ExpireEnvelope,
+    PreparedEvent,
+    UndecodableRecordError,
+)
 from runevents.tables import writes
 from runevents.tables.schema import deleted_events, op_results
 
@@ -161,6 +167,9 @@ class BatchWriter:
             self.projected += created
         elif isinstance(op, DeleteRunEnvelope):
             removed = await writes.delete_run(connection, op.thread_id, op.run_id, tombstones=True)
+            result |= {"op": op.op, "removed": removed}
+        elif isinstance(op, ExpireEnvelope):
+            removed = await writes.delete_seqs(connection, op.thread_id, op.seqs)
             result |= {"op": op.op, "removed": removed}
         else:
             removed = await writes.delete_thread(connection, op.thread_id, tombstones=True)

@@ -7,13 +7,14 @@ from aiokafka.structs import ConsumerRecord
 from runevents.events import (
     DeleteRunEnvelope,
     DeleteThreadEnvelope,
+    ExpireEnvelope,
     PreparedEvent,
     UndecodableRecordError,
     decode_record,
 )
 
-# What a record other than a plain put applies: a delete, or `(PUT_IF_ABSENT, prepared)`.
-Op = DeleteThreadEnvelope | DeleteRunEnvelope | tuple[str, PreparedEvent]
+# What a record other than a plain put applies: a delete, an expiry, or `(PUT_IF_ABSENT, prepared)`.
+Op = DeleteThreadEnvelope | DeleteRunEnvelope | ExpireEnvelope | tuple[str, PreparedEvent]
 
 
 def decode_consumer_record(record: ConsumerRecord, *, max_trace_content: int | None) -> PreparedEvent | Op:
