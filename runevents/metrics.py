@@ -77,6 +77,8 @@ READ_YOUR_WRITES_SEQS = Counter(
     ("topic", "how"),
 )
 
+RETENTION_EXPIRED = Counter("runevents_retention_expired_events", "Events removed by retention")
+
 
 def observe_batch(
     topic: str, projection: str, records: int, seconds: float, projected: int, dead: int

@@ -20,6 +20,7 @@ from runevents.cli.project import project as project_command
 from runevents.cli.promote import projection_app
 from runevents.cli.promote import promote as promote_command
 from runevents.cli.replay import replay as replay_command
+from runevents.cli.retention import retention_app
 from runevents.cli.serve import hash_token_command
 from runevents.cli.serve import serve as serve_command
 from runevents.cli.show import show as show_command
@@ -50,6 +51,9 @@ class RunEventsApp(typer.Typer):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run the command line; an error no command turned into a line prints masked, and exits 1."""
+        # A process of runevents' own (not a test's in-process runner): the commands' modules are
+        # imported by now, the bulk of what a full collection would walk.
+        freeze_startup_objects()
         try:
             return super().__call__(*args, **kwargs)
         except Exception as error:  # every expected failure is a one-line `error:` before it gets here
@@ -101,8 +105,6 @@ def main(
     begin_command(config)
     # Every command runs in a process of runevents' own (a projector, the demo and its writers).
     keep_heap_top()
-    # The commands' modules are imported by now: the bulk of what a full collection would walk.
-    freeze_startup_objects()
 
 
 app.command("demo")(demo_command)
@@ -119,6 +121,8 @@ app.command("promote")(promote_command)
 app.add_typer(projection_app, name="projection")
 app.command("backfill")(backfill_command)
 app.add_typer(dead_letters_app, name="dead-letters")
+# The log's lifecycle: what retention no longer keeps goes.
+app.add_typer(retention_app, name="retention")
 # The second kind of consumer of the topic: token usage, in a group and tables of its own.
 app.add_typer(usage_app, name="usage")
 app.add_typer(db_app, name="db")

@@ -339,6 +339,10 @@ class DeerFlowRunEventStore(RunEventStore):
         await self._ready()
         return await self.store._summaries(thread_id)
 
+    async def _thread_ids(self, after: str | None, limit: int) -> list[str]:
+        await self._ready()
+        return await self.store._thread_ids(after, limit)
+
     async def close(self) -> None:
         """Close the wrapped store."""
         await self.store.close()

@@ -193,6 +193,13 @@ class RunEventStore(abc.ABC):
         checked = check_seqs("seqs", seqs)
         return await self._expire(thread_id, checked) if checked else 0
 
+    async def list_thread_ids(self, *, after: str | None = None, limit: int = 1000) -> list[str]:
+        """The ids of the threads held (events, or a seq kept after deletes), ascending, after `after`."""
+        if after is not None:
+            check_id("after", after)
+        check_page(limit)
+        return await self._thread_ids(after, limit)
+
     async def retention_summaries(self, thread_id: str) -> list[Summary]:
         """What retention looks at of each of the thread's events (seq, run, category, time), in seq order."""
         check_id("thread_id", thread_id)
@@ -296,6 +303,10 @@ class RunEventStore(abc.ABC):
     @abc.abstractmethod
     async def _summaries(self, thread_id: str) -> list[Summary]:
         """`retention_summaries` of a checked id."""
+
+    @abc.abstractmethod
+    async def _thread_ids(self, after: str | None, limit: int) -> list[str]:
+        """`list_thread_ids` of checked arguments."""
 
     async def close(self) -> None:
         """Release what the store holds (files, locks, connections); idempotent."""

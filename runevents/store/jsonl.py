@@ -249,6 +249,11 @@ class JsonlRunEventStore(ThreadLogStore):
         await self._blocking(jsonl_files.remove_seqs, files, sorted(paths), gone, self._fsync)
         return log.remove_seqs(gone)
 
+    async def _thread_ids(self, after: str | None, limit: int) -> list[str]:
+        self._claim_directory()
+        found = await self._blocking(jsonl_files.thread_ids, self._base)
+        return [thread for thread in found if after is None or thread > after][:limit]
+
     @staticmethod
     def _check_id_argument(argument: str, value: str) -> None:
         problem = jsonl_files.unsafe_id_problem(value) if isinstance(value, str) else "must be a str"

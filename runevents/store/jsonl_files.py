@@ -288,6 +288,14 @@ def _seq_of(line: bytes) -> Any:
         return None
 
 
+def thread_ids(base: Path) -> list[str]:
+    """The ids of the threads with a directory under `base`, sorted."""
+    threads = base / "threads"
+    if not threads.is_dir():
+        return []
+    return sorted(entry.name for entry in threads.iterdir() if entry.is_dir() and not entry.is_symlink())
+
+
 def remove_thread(files: ThreadFiles) -> None:
     """Delete every run file and the counter of a thread, atomically: rename the directory, then remove it."""
     files.refuse_links()

@@ -59,3 +59,6 @@ class MemoryRunEventStore(ThreadLogStore):
     async def _expire(self, thread_id: str, seqs: list[int]) -> int:
         log = self._threads.get(thread_id)
         return 0 if log is None else log.remove_seqs(seqs)
+
+    async def _thread_ids(self, after: str | None, limit: int) -> list[str]:
+        return sorted(thread for thread in self._threads if after is None or thread > after)[:limit]

@@ -163,6 +163,12 @@ class ReadTablesStore(RunEventStore):
                 raise ReadFailedError(f"the read tables' database did not answer: {reason_of(exc)}") from exc
             self._schema_checked = True
 
+    async def _thread_ids(self, after: str | None, limit: int) -> list[str]:
+        statement = select(thread_counters.c.thread_id).order_by(thread_counters.c.thread_id).limit(limit)
+        if after is not None:
+            statement = statement.where(thread_counters.c.thread_id > after)
+        return [thread_id for (thread_id,) in await self._rows(statement)]
+
     async def _summaries(self, thread_id: str) -> list[Summary]:
         rows = await self._rows(
             select(_e.seq, _e.run_id, _e.category, _e.created_at)

@@ -1,0 +1,113 @@
+"""`runevents retention`: expire what a retention policy no longer keeps, in any store."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+from typing import Annotated
+
+import typer
+from sqlalchemy import select
+
+from runevents.cli.store_url import StoreUrlOption, store_url
+from runevents.cli.support import log_to_stderr, run_or_fail, settings_of, stop_on_signals
+from runevents.errors import RunEventsError
+from runevents.lifecycle.retention import InvalidRetentionPolicyError, RetentionPolicy, parse_policy
+from runevents.ops.retention import DEFAULT_STEP, RetentionReport, apply_retention
+from runevents.store import RunEventStore, open_store
+from runevents.tables.schema import projection_offsets
+from runevents.tables.sql import SqlRunEventStore
+
+log = logging.getLogger("runevents.retention")
+
+retention_app = typer.Typer(
+    rich_markup_mode="markdown",
+    help="Retention: expire the events a policy no longer keeps (by age, by count, per category).",
+    no_args_is_help=True,
+)
+
+
+class ProjectedTablesError(RunEventsError):
+    """Read tables that are a projection of a topic, given to a command that must write through it."""
+
+
+PolicyOption = Annotated[
+    str,
+    typer.Option(
+        "--policy",
+        help="The policy: clauses separated by ';', the first the default rule, then 'category: ...'; "
+        "each of max_age=N with a unit of s, m, h, d or w (30d), keep_events=N, keep_runs=N, or forever. "
+        "Example: 'max_age=90d; trace: max_age=7d; message: forever'.",
+        show_default=False,
+    ),
+]
+
+
+@retention_app.command("apply")
+def apply(
+    policy: PolicyOption,
+    store: StoreUrlOption = None,
+    step: Annotated[
+        int, typer.Option(min=1, max=10_000, help="Seqs expired per step (each step a transaction).")
+    ] = DEFAULT_STEP,
+    every: Annotated[
+        int | None,
+        typer.Option(min=1, help="Apply again every this many seconds, until SIGTERM (default: once)."),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Count what would expire; remove nothing.")
+    ] = False,
+) -> None:
+    """Expire from every thread what the policy no longer keeps, in bounded steps; safe to stop and rerun.
+
+    Progress goes to stderr, a thread a line, and the summary last. On the bus give the topic's URL
+    (--store kafka://...): expiry is written to the log, so a replay keeps it; the read tables of a
+    projection are refused. Exit status: 0 done (or stopped by SIGTERM/Ctrl-C), 1 error.
+    """
+    settings = settings_of()
+    try:
+        chosen = parse_policy(policy)
+    except InvalidRetentionPolicyError as error:
+        raise typer.BadParameter(str(error), param_hint="--policy") from None
+    url = store_url(store, settings)
+    log_to_stderr(settings.log_level)
+    report = run_or_fail(_apply(url, chosen, step, every, dry_run), settings)
+    typer.echo(report.line())
+
+
+async def _apply(
+    url: str, policy: RetentionPolicy, step: int, every: int | None, dry_run: bool
+) -> RetentionReport:
+    stop = stop_on_signals()
+    async with open_store(url) as opened:
+        await _refuse_projection(opened)
+        while True:
+            report = await apply_retention(
+                opened, policy, step=step, dry_run=dry_run, stop=stop, progress=_progress
+            )
+            if every is None or report.stopped:
+                return report
+            log.info("%s; next in %s", report.line(), timedelta(seconds=every))
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=every)
+            except TimeoutError:
+                continue
+            return report
+
+
+def _progress(report: RetentionReport) -> None:
+    log.info("%s so far", report.line().removeprefix("retention done: "))
+
+
+async def _refuse_projection(store: RunEventStore) -> None:
+    """Refuse the read tables of a projection: expiring them directly, a replay would bring it all back."""
+    if not isinstance(store, SqlRunEventStore) or store.engine.dialect.name != "postgresql":
+        return
+    async with store.engine.connect() as connection:
+        topic = (await connection.execute(select(projection_offsets.c.topic).limit(1))).scalar()
+    if topic is not None:
+        raise ProjectedTablesError(
+            f"these read tables are a projection of topic {topic!r}: expire through the topic "
+            "(--store kafka://<brokers>/<topic>?database=...), or a replay brings the events back"
+        )

@@ -1,0 +1,120 @@
+"""`runevents retention apply`: expire what a policy no longer keeps, thread by thread, in bounded steps.
+
+Each thread's events are read as summaries (seq, run, category, time), the policy picks the seqs it no
+longer keeps, and they go in steps of at most `step` seqs, each step a transaction of its own (on the
+bus, an expire record the projector applies), so no step holds a thread's counter row for long and a
+writer of the thread waits at most one step. Killed at any point, nothing is half-done: a step either
+happened or not, and a run again finds what is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Final
+
+from runevents.lifecycle.retention import RetentionPolicy, expired_seqs
+from runevents.metrics import RETENTION_EXPIRED
+from runevents.store import RunEventStore
+
+DEFAULT_STEP: Final = 1000
+THREADS_PAGE: Final = 500
+
+
+@dataclass
+class RetentionReport:
+    """What a retention run did so far."""
+
+    threads: int = 0
+    threads_expired: int = 0
+    expired: int = 0
+    steps: int = 0
+    seconds: float = 0.0
+    stopped: bool = False
+
+    def line(self) -> str:
+        """One line saying it, for a log or the terminal."""
+        rate = self.expired / self.seconds if self.seconds > 0 else 0.0
+        how = "stopped after" if self.stopped else "done:"
+        return (
+            f"retention {how} {self.threads:,} threads looked at, {self.expired:,} events expired from "
+            f"{self.threads_expired:,} of them in {self.steps:,} steps, {self.seconds:.1f} s "
+            f"({rate:,.0f} events/s)"
+        )
+
+
+async def apply_retention(
+    store: RunEventStore,
+    policy: RetentionPolicy,
+    *,
+    now: datetime | None = None,
+    step: int = DEFAULT_STEP,
+    dry_run: bool = False,
+    stop: asyncio.Event | None = None,
+    progress: Callable[[RetentionReport], None] | None = None,
+) -> RetentionReport:
+    """Expire from every thread of `store` what `policy` no longer keeps at `now` (default: this moment).
+
+    `dry_run` counts what would go and removes nothing. A set `stop` ends the run between two steps
+    (`stopped` says so). `progress` is called with the report after each thread that lost events.
+    """
+    if not 1 <= step <= 10_000:
+        raise ValueError(f"step must be from 1 to 10000 seqs, got {step}")
+    moment = datetime.now(UTC) if now is None else now
+    report = RetentionReport()
+    started = time.monotonic()
+    after: str | None = None
+    try:
+        if policy.keeps_everything:
+            return report
+        while True:
+            page = await store.list_thread_ids(after=after, limit=THREADS_PAGE)
+            if not page:
+                return report
+            for thread_id in page:
+                if stop is not None and stop.is_set():
+                    report.stopped = True
+                    return report
+                report.threads += 1
+                expired = await _expire_thread(store, thread_id, policy, moment, step, dry_run, stop, report)
+                if expired:
+                    report.threads_expired += 1
+                    if progress is not None:
+                        report.seconds = time.monotonic() - started
+                        progress(report)
+                if report.stopped:
+                    return report
+            after = page[-1]
+    finally:
+        report.seconds = time.monotonic() - started
+
+
+async def _expire_thread(
+    store: RunEventStore,
+    thread_id: str,
+    policy: RetentionPolicy,
+    now: datetime,
+    step: int,
+    dry_run: bool,
+    stop: asyncio.Event | None,
+    report: RetentionReport,
+) -> int:
+    """Expire one thread's events the policy no longer keeps, `step` seqs at a time; how many went."""
+    seqs = expired_seqs(await store.retention_summaries(thread_id), policy, now)
+    if dry_run:
+        report.expired += len(seqs)
+        return len(seqs)
+    removed = 0
+    for start in range(0, len(seqs), step):
+        if stop is not None and stop.is_set():
+            report.stopped = True
+            break
+        went = await store.expire_events(thread_id, seqs[start : start + step])
+        removed += went
+        report.expired += went
+        report.steps += 1
+        RETENTION_EXPIRED.inc(went)
+    return removed
