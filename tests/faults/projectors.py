@@ -28,6 +28,16 @@ ASSIGNED = "projection 'main' of"
 STACKS_WAIT_S = 3.0
 
 
+def catches_sigterm(pid: int) -> bool:
+    """Whether process `pid` has a SIGTERM handler of its own yet (SigCgt in /proc/<pid>/status)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    (caught,) = [line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")]
+    return bool(int(caught, 16) >> (signal.SIGTERM - 1) & 1)
+
+
 def local_tcp_ports(pid: int) -> set[int]:
     """The local TCP ports of process `pid`'s sockets (what pg_stat_activity calls client_port)."""
     inodes: set[str] = set()
@@ -161,9 +171,15 @@ class ProjectorFleet:
         self.ended.append((projector, code))
         return code
 
-    def stop_all(self) -> None:
-        """SIGTERM every live projector; each must finish its batch and exit 0."""
+    def stop_all(self, *, start_within_s: float = 60) -> None:
+        """SIGTERM every live projector once it has started; each must finish its batch and exit 0."""
         for projector in list(self.live):
+            # One restarted a moment ago may still be importing: a SIGTERM then ends it as any Python
+            # process (-15), which says nothing of how it stops.
+            deadline = time.monotonic() + start_within_s
+            while not catches_sigterm(projector.pid) and projector.process.poll() is None:
+                assert time.monotonic() < deadline, f"{projector.name} did not start:\n{projector.output()}"
+                time.sleep(0.05)
             code = self.stop(projector, signal.SIGTERM)
             assert code == 0, f"{projector.name} exited {code} on SIGTERM:\n{projector.output()}"
 
