@@ -28,10 +28,12 @@ from runevents.events import (
     DELETE_THREAD,
     EXPIRE,
     PUT,
+    SET_RETENTION,
     PreparedEvent,
     encode_delete,
     encode_expire,
     encode_put,
+    encode_set_retention,
     headers_of,
     new_event_id,
 )
@@ -275,6 +277,13 @@ class EventProducer:
         return await self._publish_value(
             EXPIRE, thread_id, event_id, encode_expire(event_id, thread_id, seqs)
         )
+
+    async def publish_set_retention(self, thread_id: str, policy: dict[str, Any] | None) -> Published:
+        """Publish a thread's own retention policy (its JSON document; None: none); return where it landed."""
+        check_id("thread_id", thread_id)
+        event_id = new_event_id()
+        value = encode_set_retention(event_id, thread_id, policy)
+        return await self._publish_value(SET_RETENTION, thread_id, event_id, value)
 
     async def _publish_op(self, op: str, thread_id: str, run_id: str | None) -> Published:
         event_id = new_event_id()

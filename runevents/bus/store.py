@@ -268,6 +268,11 @@ class BusRunEventStore(ReadTablesStore):
         result = await self._op_result(await self._producer.publish_delete_run(thread_id, run_id))
         return int(result.removed)
 
+    async def _set_retention(self, thread_id: str, policy: dict[str, Any] | None) -> None:
+        # On the log too: a replay rebuilds the threads' policies with their events.
+        await self._ready_to_publish()
+        await self._op_result(await self._producer.publish_set_retention(thread_id, policy))
+
     async def _expire(self, thread_id: str, seqs: list[int]) -> int:
         # Written to the log like a delete: a replay of the topic expires the same events.
         await self._ready_to_publish()

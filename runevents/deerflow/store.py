@@ -339,6 +339,14 @@ class DeerFlowRunEventStore(RunEventStore):
         await self._ready()
         return await self.store._summaries(thread_id)
 
+    async def _set_retention(self, thread_id: str, policy: dict[str, Any] | None) -> None:
+        await self._ready()
+        await self.store._set_retention(thread_id, policy)
+
+    async def _get_retention(self, thread_id: str) -> dict[str, Any] | None:
+        await self._ready()
+        return await self.store._get_retention(thread_id)
+
     async def _thread_ids(self, after: str | None, limit: int) -> list[str]:
         await self._ready()
         return await self.store._thread_ids(after, limit)

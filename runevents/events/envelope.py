@@ -47,6 +47,7 @@ PUT_IF_ABSENT: Final = "put_if_absent"
 DELETE_THREAD: Final = "delete_thread"
 DELETE_RUN: Final = "delete_run"
 EXPIRE: Final = "expire"
+SET_RETENTION: Final = "set_retention"
 # The most seqs one expiry record carries: retention expires in bounded steps.
 MAX_EXPIRED_SEQS: Final = 10_000
 
@@ -112,7 +113,16 @@ class ExpireEnvelope(_EnvelopeBase):
     )
 
 
-Ops = DeleteThreadEnvelope | DeleteRunEnvelope | ExpireEnvelope
+class SetRetentionEnvelope(_EnvelopeBase):
+    """`set_retention`: the thread's own retention policy (its JSON document), or none (null)."""
+
+    op: Literal["set_retention"]
+    policy: dict[str, Any] | None = Field(
+        description="The policy's JSON document (runevents.lifecycle.retention), or null for none of its own."
+    )
+
+
+Ops = DeleteThreadEnvelope | DeleteRunEnvelope | ExpireEnvelope | SetRetentionEnvelope
 Envelope = Annotated[PutEnvelope | Ops, Field(discriminator="op")]
 ENVELOPE: Final[TypeAdapter[PutEnvelope | Ops]] = TypeAdapter(Envelope)
 
@@ -156,6 +166,19 @@ def encode_expire(event_id: str, thread_id: str, seqs: list[int]) -> bytes:
     """The topic record value of an expiry of some of a thread's events."""
     return orjson.dumps(
         {"v": ENVELOPE_VERSION, "op": EXPIRE, "event_id": event_id, "thread_id": thread_id, "seqs": seqs}
+    )
+
+
+def encode_set_retention(event_id: str, thread_id: str, policy: dict[str, Any] | None) -> bytes:
+    """The topic record value of a thread's own retention policy (None: back to the default)."""
+    return orjson.dumps(
+        {
+            "v": ENVELOPE_VERSION,
+            "op": SET_RETENTION,
+            "event_id": event_id,
+            "thread_id": thread_id,
+            "policy": policy,
+        }
     )
 
 

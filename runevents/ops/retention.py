@@ -56,7 +56,8 @@ async def apply_retention(
     stop: asyncio.Event | None = None,
     progress: Callable[[RetentionReport], None] | None = None,
 ) -> RetentionReport:
-    """Expire from every thread of `store` what `policy` no longer keeps at `now` (default: this moment).
+    """Expire from every thread of `store` what its policy no longer keeps at `now` (default: this moment):
+    the thread's own (`set_retention`), else `policy`.
 
     `dry_run` counts what would go and removes nothing. A set `stop` ends the run between two steps
     (`stopped` says so). `progress` is called with the report after each thread that lost events.
@@ -68,8 +69,6 @@ async def apply_retention(
     started = time.monotonic()
     after: str | None = None
     try:
-        if policy.keeps_everything:
-            return report
         while True:
             page = await store.list_thread_ids(after=after, limit=THREADS_PAGE)
             if not page:
@@ -102,7 +101,11 @@ async def _expire_thread(
     stop: asyncio.Event | None,
     report: RetentionReport,
 ) -> int:
-    """Expire one thread's events the policy no longer keeps, `step` seqs at a time; how many went."""
+    """Expire one thread's events its policy (its own, else `policy`) no longer keeps, `step` seqs at a
+    time; how many went."""
+    policy = await store.get_retention(thread_id) or policy
+    if policy.keeps_everything:
+        return 0
     seqs = expired_seqs(await store.retention_summaries(thread_id), policy, now)
     if dry_run:
         report.expired += len(seqs)

@@ -9,9 +9,9 @@ from collections.abc import AsyncGenerator, Collection, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
-from runevents.errors import InvalidEventError
+from runevents.errors import InvalidEventError, InvalidQueryError
 from runevents.events import MAX_INDEXED_MESSAGE_ID, Content, Record
-from runevents.lifecycle.retention import Summary
+from runevents.lifecycle.retention import RetentionPolicy, Summary, policy_from_document
 from runevents.store.arguments import check_id, check_names, check_page, check_seqs, check_text, check_user
 from runevents.store.subscriptions import Doorbell, Doorbells, follow, watching
 
@@ -193,6 +193,21 @@ class RunEventStore(abc.ABC):
         checked = check_seqs("seqs", seqs)
         return await self._expire(thread_id, checked) if checked else 0
 
+    async def set_retention(self, thread_id: str, policy: RetentionPolicy | None) -> None:
+        """Give the thread a retention policy of its own; None takes it back to the default policy."""
+        check_id("thread_id", thread_id)
+        if policy is not None and not isinstance(policy, RetentionPolicy):
+            raise InvalidQueryError(
+                "policy", f"must be a RetentionPolicy or None, got {type(policy).__name__}"
+            )
+        await self._set_retention(thread_id, None if policy is None else policy.document())
+
+    async def get_retention(self, thread_id: str) -> RetentionPolicy | None:
+        """The thread's own retention policy, or None when the default policy applies to it."""
+        check_id("thread_id", thread_id)
+        document = await self._get_retention(thread_id)
+        return None if document is None else policy_from_document(document)
+
     async def list_thread_ids(self, *, after: str | None = None, limit: int = 1000) -> list[str]:
         """The ids of the threads held (events, or a seq kept after deletes), ascending, after `after`."""
         if after is not None:
@@ -307,6 +322,14 @@ class RunEventStore(abc.ABC):
     @abc.abstractmethod
     async def _thread_ids(self, after: str | None, limit: int) -> list[str]:
         """`list_thread_ids` of checked arguments."""
+
+    @abc.abstractmethod
+    async def _set_retention(self, thread_id: str, policy: dict[str, Any] | None) -> None:
+        """`set_retention` of a checked id and the policy's JSON document (None: none of its own)."""
+
+    @abc.abstractmethod
+    async def _get_retention(self, thread_id: str) -> dict[str, Any] | None:
+        """The JSON document of the thread's own retention policy, if it has one."""
 
     async def close(self) -> None:
         """Release what the store holds (files, locks, connections); idempotent."""

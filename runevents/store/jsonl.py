@@ -249,6 +249,21 @@ class JsonlRunEventStore(ThreadLogStore):
         await self._blocking(jsonl_files.remove_seqs, files, sorted(paths), gone, self._fsync)
         return log.remove_seqs(gone)
 
+    async def _set_retention(self, thread_id: str, policy: dict[str, Any] | None) -> None:
+        self._check_id_argument("thread_id", thread_id)
+        self._claim_directory()
+        files = ThreadFiles(self._base, thread_id)
+        async with self._thread_lock(thread_id):
+            await self._blocking(jsonl_files.write_retention, files, policy, self._fsync)
+
+    async def _get_retention(self, thread_id: str) -> dict[str, Any] | None:
+        self._check_id_argument("thread_id", thread_id)
+        self._claim_directory()
+        policy: dict[str, Any] | None = await self._blocking(
+            jsonl_files.read_retention, ThreadFiles(self._base, thread_id)
+        )
+        return policy
+
     async def _thread_ids(self, after: str | None, limit: int) -> list[str]:
         self._claim_directory()
         found = await self._blocking(jsonl_files.thread_ids, self._base)

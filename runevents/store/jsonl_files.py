@@ -67,6 +67,11 @@ class ThreadFiles:
         """The file that keeps the thread's last assigned seq across deletes."""
         return self.runs / _COUNTER
 
+    @property
+    def retention(self) -> Path:
+        """The file of the thread's own retention policy, beside its runs."""
+        return self.base / "threads" / self.thread_id / "retention.json"
+
     def run_file(self, run_id: str) -> Path:
         """The file of one run."""
         return self.runs / f"{run_id}.jsonl"
@@ -286,6 +291,35 @@ def _seq_of(line: bytes) -> Any:
         return orjson.loads(line).get("seq")
     except (orjson.JSONDecodeError, AttributeError):
         return None
+
+
+def write_retention(files: ThreadFiles, policy: dict[str, Any] | None, fsync: bool) -> None:
+    """Keep the thread's own retention policy (a JSON document) beside its runs; None removes it."""
+    path = files.retention
+    files.refuse_links(path)
+    if policy is None:
+        path.unlink(missing_ok=True)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    aside = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
+    with open(aside, "wb") as file:
+        file.write(orjson.dumps(policy))
+        file.flush()
+        _durable(file.fileno(), fsync)
+    os.replace(aside, path)
+    if fsync:
+        _sync_dir(path.parent)
+
+
+def read_retention(files: ThreadFiles) -> dict[str, Any] | None:
+    """The thread's own retention policy document, if it has one."""
+    path = files.retention
+    files.refuse_links(path)
+    try:
+        policy: dict[str, Any] = orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    return policy
 
 
 def thread_ids(base: Path) -> list[str]:

@@ -20,6 +20,7 @@ class MemoryRunEventStore(ThreadLogStore):
     def __init__(self, *, max_trace_content: int | None = None) -> None:
         self._max_trace_content = max_trace_content
         self._threads: dict[str, ThreadLog] = {}
+        self._retention: dict[str, dict[str, Any]] = {}
 
     async def _read_log(self, thread_id: str) -> ThreadLog:
         return self._threads.get(thread_id) or ThreadLog()
@@ -62,3 +63,12 @@ class MemoryRunEventStore(ThreadLogStore):
 
     async def _thread_ids(self, after: str | None, limit: int) -> list[str]:
         return sorted(thread for thread in self._threads if after is None or thread > after)[:limit]
+
+    async def _set_retention(self, thread_id: str, policy: dict[str, Any] | None) -> None:
+        if policy is None:
+            self._retention.pop(thread_id, None)
+        else:
+            self._retention[thread_id] = policy
+
+    async def _get_retention(self, thread_id: str) -> dict[str, Any] | None:
+        return self._retention.get(thread_id)

@@ -28,7 +28,7 @@ from runevents.store.subscriptions import Doorbell, SharedReads, watching
 from runevents.tables import migrate
 from runevents.tables.failures import DATABASE_ERRORS, ReadFailedError, reason_of
 from runevents.tables.listener import ThreadListener
-from runevents.tables.schema import STR, run_events, thread_counters
+from runevents.tables.schema import STR, retention_policies, run_events, thread_counters
 
 _e = run_events.c
 # Without LISTEN (SQLite), how often a subscription looks by itself for other processes' writes.
@@ -162,6 +162,15 @@ class ReadTablesStore(RunEventStore):
             except DATABASE_ERRORS as exc:
                 raise ReadFailedError(f"the read tables' database did not answer: {reason_of(exc)}") from exc
             self._schema_checked = True
+
+    async def _get_retention(self, thread_id: str) -> dict[str, Any] | None:
+        rows = await self._rows(
+            select(retention_policies.c.policy).where(retention_policies.c.thread_id == thread_id)
+        )
+        if not rows:
+            return None
+        policy: dict[str, Any] = orjson.loads(rows[0][0])
+        return policy
 
     async def _thread_ids(self, after: str | None, limit: int) -> list[str]:
         statement = select(thread_counters.c.thread_id).order_by(thread_counters.c.thread_id).limit(limit)

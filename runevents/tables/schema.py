@@ -161,6 +161,17 @@ class DeletedEvent(Base):
     deleted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class RetentionPolicyRow(Base):
+    """A thread's own retention policy (runevents.lifecycle.retention), overriding the default one."""
+
+    __tablename__ = "retention_policies"
+
+    thread_id: Mapped[str] = mapped_column(String(MAX_ID_LENGTH), primary_key=True)
+    # The policy's JSON document (`RetentionPolicy.document`).
+    policy: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class DeadLetter(Base):
     """A topic record the projector could not apply, kept with the reason; the partition moved on."""
 
@@ -237,3 +248,4 @@ dead_letters = cast(Table, DeadLetter.__table__)
 deleted_events = cast(Table, DeletedEvent.__table__)
 token_usage_calls = cast(Table, TokenUsageCall.__table__)
 token_usage_offsets = cast(Table, TokenUsageOffset.__table__)
+retention_policies = cast(Table, RetentionPolicyRow.__table__)

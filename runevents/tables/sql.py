@@ -290,6 +290,11 @@ class SqlRunEventStore(ReadTablesStore):
         async with self._transaction(f"delete_by_run({thread_id!r}, {run_id!r})") as connection:
             return await writes.delete_run(connection, thread_id, run_id)
 
+    async def _set_retention(self, thread_id: str, policy: dict[str, Any] | None) -> None:
+        await self._ready()
+        async with self._transaction(f"setting the retention of thread {thread_id!r}") as connection:
+            await writes.set_retention(connection, thread_id, policy)
+
     async def _expire(self, thread_id: str, seqs: list[int]) -> int:
         await self._ready()
         async with self._transaction(f"expiring {len(seqs)} events of thread {thread_id!r}") as connection:

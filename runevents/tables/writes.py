@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import asyncpg
+import orjson
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
@@ -41,7 +42,16 @@ from runevents.events import (
 )
 from runevents.tables.notify import DELETED, WRITTEN, notify, notify_asyncpg
 from runevents.tables.query import RECORD_COLUMNS, row_to_record
-from runevents.tables.schema import DICT, JSON_STR, LIST, STR, deleted_events, run_events, thread_counters
+from runevents.tables.schema import (
+    DICT,
+    JSON_STR,
+    LIST,
+    STR,
+    deleted_events,
+    retention_policies,
+    run_events,
+    thread_counters,
+)
 
 _c = thread_counters.c
 _e = run_events.c
@@ -355,3 +365,19 @@ async def _delete_counted(
             )
         )
     return len(categories)
+
+
+async def set_retention(connection: AsyncConnection, thread_id: str, policy: dict[str, Any] | None) -> None:
+    """Keep `policy` (a policy's JSON document) as the thread's own retention policy; None drops it."""
+    table = retention_policies
+    if policy is None:
+        await connection.execute(delete(table).where(table.c.thread_id == thread_id))
+        return
+    values = {"thread_id": thread_id, "policy": orjson.dumps(policy).decode(), "updated_at": func.now()}
+    statement = _upsert(connection)(table).values(values)
+    await connection.execute(
+        statement.on_conflict_do_update(
+            index_elements=[table.c.thread_id],
+            set_={"policy": statement.excluded.policy, "updated_at": statement.excluded.updated_at},
+        )
+    )

@@ -18,7 +18,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from runevents.bus.projector.decoding import Op, decode_consumer_record
 from runevents.bus.projector.offsets import Fence, Owned
-from runevents.events import DeleteRunEnvelope, ExpireEnvelope, PreparedEvent, UndecodableRecordError
+from runevents.events import (
+    DeleteRunEnvelope,
+    ExpireEnvelope,
+    PreparedEvent,
+    SetRetentionEnvelope,
+    UndecodableRecordError,
+)
 from runevents.tables.schema import token_usage_calls
 from runevents.usage.extraction import caller_of, is_ai_response, model_of, usage_of
 from runevents.usage.offsets import USAGE_OFFSETS
@@ -164,7 +170,7 @@ async def _apply_op(
             call_row(event, partition, offset, applied)  # counted only when written
             applied.rows.append(row)
         return
-    if isinstance(op, ExpireEnvelope):
+    if isinstance(op, ExpireEnvelope | SetRetentionEnvelope):
         # Retention expires the events, not what they cost: usage is kept for its own period.
         return
     applied.deletes += 1

@@ -105,3 +105,29 @@ async def test_expired_events_stay_gone_and_their_seqs_unused_after_reopening(ba
         assert [s.seq for s in await second.retention_summaries("t1")] == [1, 2, 3, 4, 5, 6]
         assert await second.count_messages("t1") == 4
         assert (await second.put(**trace(run_id="r3")))["seq"] == 9
+
+
+async def test_a_thread_keeps_a_retention_policy_of_its_own_until_it_is_taken_back(backend: Backend) -> None:
+    policy = parse_policy("max_age=90d; trace: keep_runs=2 max_age=7d; message: forever")
+    async with opened(backend) as first:
+        assert await first.get_retention("t1") is None
+        await first.set_retention("t1", policy)
+        await first.set_retention("t2", parse_policy("keep_events=5"))
+        await first.set_retention("t2", parse_policy("keep_events=6"))  # the last one counts
+        assert await first.get_retention("t1") == policy
+        # A delete takes the events, not the thread's policy.
+        await first.put(**trace())
+        await first.delete_by_thread("t1")
+        assert await first.get_retention("t1") == policy
+    if backend.persistent:
+        async with opened(backend) as second:
+            assert await second.get_retention("t1") == policy
+            assert await second.get_retention("t2") == parse_policy("keep_events=6")
+            await second.set_retention("t1", None)
+            assert await second.get_retention("t1") is None
+
+
+async def test_a_retention_policy_that_is_not_one_is_refused(store: RunEventStore) -> None:
+    with pytest.raises(InvalidQueryError, match=r"^policy: must be a RetentionPolicy or None, got str$"):
+        await store.set_retention("t1", "max_age=7d")  # type: ignore[arg-type]
+    assert await store.get_retention("t1") is None

@@ -45,7 +45,14 @@ def test_the_published_schema_file_is_what_the_models_generate():
 def test_the_schema_describes_every_op_and_requires_the_envelope_fields():
     schema = orjson.loads(SCHEMA_FILE.read_bytes())
     ops = {name: definition["properties"]["op"] for name, definition in schema["$defs"].items()}
-    assert set(schema["discriminator"]["mapping"]) == {"put", "put_if_absent", "delete_thread", "delete_run"}
+    assert set(schema["discriminator"]["mapping"]) == {
+        "put",
+        "put_if_absent",
+        "delete_thread",
+        "delete_run",
+        "expire",
+        "set_retention",
+    }
     assert ops["PutEnvelope"]["enum"] == ["put", "put_if_absent"]
     put = schema["$defs"]["PutEnvelope"]
     assert {"v", "event_id", "thread_id", "op", "run_id", "event_type", "category"} <= set(put["required"])

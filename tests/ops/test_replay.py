@@ -14,6 +14,7 @@ import pytest
 
 from runevents.bus.projector import Projector
 from runevents.bus.store import BusRunEventStore
+from runevents.lifecycle.retention import parse_policy
 from runevents.ops import replay as ops
 from tests.bus.conftest import running
 from tests.bus.test_projector import event, fetch
@@ -21,6 +22,7 @@ from tests.faults.exactly_once import checksums
 from tests.ops.test_dead_letters import cli
 
 COUNTERS = "SELECT thread_id, last_seq, event_count, message_count FROM {schema}.thread_counters ORDER BY 1"
+POLICIES = "SELECT thread_id, policy FROM {schema}.retention_policies ORDER BY 1"
 
 
 async def write_history(store: BusRunEventStore, threads: int, per_thread: int) -> None:
@@ -39,6 +41,9 @@ async def write_history(store: BusRunEventStore, threads: int, per_thread: int) 
     # Retention's expiry, the thread's newest seq among them: a replay must not give it again.
     assert await store.expire_events("t0", [1, 3, per_thread + 1]) == 3
     await store.put_batch([event("t0", 1002)])
+    await store.set_retention("t1", parse_policy("trace: max_age=7d"))
+    await store.set_retention("t3", parse_policy("keep_runs=2"))
+    await store.set_retention("t3", None)
 
 
 async def assert_same_tables(url: str, live: str, replayed: str) -> None:
@@ -49,6 +54,8 @@ async def assert_same_tables(url: str, live: str, replayed: str) -> None:
     assert await fetch(url, COUNTERS.format(schema=live)) == await fetch(
         url, COUNTERS.format(schema=replayed)
     )
+    policies = [await fetch(url, POLICIES.format(schema=schema)) for schema in (live, replayed)]
+    assert policies[0] == policies[1]
 
 
 async def test_a_replay_rebuilds_the_same_tables_deletes_and_put_if_absent_included(

@@ -94,11 +94,17 @@ async def test_a_stopped_run_leaves_whole_steps_and_a_rerun_finishes_the_job() -
     assert not second.stopped
 
 
-async def test_a_policy_that_keeps_everything_looks_at_nothing() -> None:
+async def test_a_thread_s_own_policy_overrides_the_default_one() -> None:
     store = MemoryRunEventStore()
-    await _history(store, threads=1)
-    report = await apply_retention(store, parse_policy("forever"), now=NOW)
-    assert (report.threads, report.expired) == (0, 0)
+    await _history(store, threads=3)
+    await store.set_retention("t1", parse_policy("forever"))
+    await store.set_retention("t2", parse_policy("keep_events=1"))
+    report = await apply_retention(store, POLICY, now=NOW)
+    assert (report.threads, report.threads_expired, report.expired) == (3, 2, 25 + 26)
+    assert [len(await store.retention_summaries(t)) for t in ("t0", "t1", "t2")] == [2, 27, 1]
+    # Back to the default: nothing more of t1's is kept than the default keeps.
+    await store.set_retention("t1", None)
+    assert (await apply_retention(store, POLICY, now=NOW)).expired == 25
 
 
 async def test_a_step_out_of_bounds_is_refused() -> None:

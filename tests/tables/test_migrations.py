@@ -24,7 +24,7 @@ from runevents.tables import migrate
 from runevents.tables.schema import Base, thread_counters
 from runevents.tables.sql import engine_for
 
-HEAD = "0004_token_usage"
+HEAD = "0005_retention_policies"
 TABLES = {
     "run_events",
     "thread_counters",
@@ -34,6 +34,7 @@ TABLES = {
     "dead_letters",
     "token_usage_calls",
     "token_usage_offsets",
+    "retention_policies",
 }
 PARTIAL_INDEXES = {
     "ix_run_events_messages",

@@ -24,6 +24,7 @@ from runevents.events import (
     DeleteRunEnvelope,
     ExpireEnvelope,
     PreparedEvent,
+    SetRetentionEnvelope,
     UndecodableRecordError,
 )
 from runevents.tables import writes
@@ -171,6 +172,9 @@ class BatchWriter:
         elif isinstance(op, ExpireEnvelope):
             removed = await writes.delete_seqs(connection, op.thread_id, op.seqs)
             result |= {"op": op.op, "removed": removed}
+        elif isinstance(op, SetRetentionEnvelope):
+            await writes.set_retention(connection, op.thread_id, op.policy)
+            result |= {"op": op.op}
         else:
             removed = await writes.delete_thread(connection, op.thread_id, tombstones=True)
             result |= {"op": op.op, "removed": removed}

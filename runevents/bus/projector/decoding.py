@@ -4,17 +4,12 @@ from __future__ import annotations
 
 from aiokafka.structs import ConsumerRecord
 
-from runevents.events import (
-    DeleteRunEnvelope,
-    DeleteThreadEnvelope,
-    ExpireEnvelope,
-    PreparedEvent,
-    UndecodableRecordError,
-    decode_record,
-)
+from runevents.events import PreparedEvent, UndecodableRecordError, decode_record
+from runevents.events.envelope import Ops
 
-# What a record other than a plain put applies: a delete, an expiry, or `(PUT_IF_ABSENT, prepared)`.
-Op = DeleteThreadEnvelope | DeleteRunEnvelope | ExpireEnvelope | tuple[str, PreparedEvent]
+# What a record other than a plain put applies: a delete, an expiry, a thread's retention policy, or
+# `(PUT_IF_ABSENT, prepared)`.
+Op = Ops | tuple[str, PreparedEvent]
 
 
 def decode_consumer_record(record: ConsumerRecord, *, max_trace_content: int | None) -> PreparedEvent | Op:
