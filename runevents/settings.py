@@ -6,6 +6,9 @@ came from, for `runevents config`. Secrets (the database and SASL passwords) are
 print as `**********`, and the database URL is shown with its passwords masked; nothing here logs them.
 A `RUNEVENTS_*` variable that is no setting (a misspelling) is named by
 `runevents.cli.environment.unknown_variables`, as a misspelled key in the file is an error.
+
+Over 400 lines: one model of every setting with its checks, kept whole so that `runevents config`, the
+TOML file and the variables are read and listed from one place.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from sqlalchemy.exc import ArgumentError
 
 from runevents.bus.names import DEFAULT_PROJECTION, DEFAULT_TOPIC
 from runevents.errors import RunEventsError, UnsupportedDatabaseError
+from runevents.lifecycle.retention import parse_policy
 from runevents.masking import mask_secrets
 from runevents.names import InvalidNameError, check_identifier, check_topic
 from runevents.tables.sql import check_database_url
@@ -100,6 +104,15 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log level (any case)"
     )
+    retention: str = Field(
+        default="forever",
+        description="Default policy of `runevents retention apply`: max_age=90d; trace: max_age=7d, ...",
+    )
+
+    @field_validator("retention")
+    @classmethod
+    def _check_retention(cls, value: str) -> str:
+        return parse_policy(value).text()  # a bad one is an InvalidRetentionPolicyError: a ValueError
 
     @field_validator("database_url")
     @classmethod

@@ -87,7 +87,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "runevents.tables": (*_BASE, "runevents.events", "runevents.lifecycle", "runevents.store"),
     "runevents.retrying": ("runevents.masking", "runevents.tables"),
     "runevents.bus": (*_CORE, "runevents.retrying", "runevents.metrics"),
-    "runevents.settings": (*_BASE, "runevents.tables", "runevents.bus"),
+    "runevents.settings": (*_BASE, "runevents.lifecycle", "runevents.tables", "runevents.bus"),
     "runevents.ops": (*_CORE, "runevents.retrying", "runevents.metrics"),
     # The HTTP service reads through the contract only: any store, no backend of its own.
     "runevents.serve": (*_BASE, "runevents.events", "runevents.store"),

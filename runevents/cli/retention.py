@@ -32,21 +32,78 @@ class ProjectedTablesError(RunEventsError):
     """Read tables that are a projection of a topic, given to a command that must write through it."""
 
 
+POLICY_HELP = (
+    "clauses separated by ';', the first the default rule, then 'category: ...'; each of max_age=N with "
+    "a unit of s, m, h, d or w (30d), keep_events=N, keep_runs=N, or forever. "
+    "Example: 'max_age=90d; trace: max_age=7d; message: forever'"
+)
 PolicyOption = Annotated[
-    str,
+    str | None,
     typer.Option(
         "--policy",
-        help="The policy: clauses separated by ';', the first the default rule, then 'category: ...'; "
-        "each of max_age=N with a unit of s, m, h, d or w (30d), keep_events=N, keep_runs=N, or forever. "
-        "Example: 'max_age=90d; trace: max_age=7d; message: forever'.",
+        help=f"The default policy, for threads without one of their own: {POLICY_HELP} "
+        "[default: setting retention (env RUNEVENTS_RETENTION), else forever]",
         show_default=False,
     ),
 ]
+ThreadArgument = Annotated[str, typer.Argument(help="The thread's id.", show_default=False)]
+
+
+def _parsed(policy: str, option: str) -> RetentionPolicy:
+    try:
+        return parse_policy(policy)
+    except InvalidRetentionPolicyError as error:
+        raise typer.BadParameter(str(error), param_hint=option) from None
+
+
+@retention_app.command("set")
+def set_policy(
+    thread: ThreadArgument,
+    policy: Annotated[
+        str | None,
+        typer.Argument(help=f"The thread's own policy: {POLICY_HELP}.", show_default=False),
+    ] = None,
+    clear: Annotated[
+        bool, typer.Option("--clear", help="Take the thread's own policy back: the default applies.")
+    ] = False,
+    store: StoreUrlOption = None,
+) -> None:
+    """Give a thread a retention policy of its own, which `retention apply` follows instead of the default."""
+    if (policy is None) == (not clear):
+        raise typer.BadParameter("give either a POLICY or --clear", param_hint="POLICY")
+    chosen = None if policy is None else _parsed(policy, "POLICY")
+    settings = settings_of()
+    url = store_url(store, settings)
+
+    async def work() -> None:
+        async with open_store(url) as opened:
+            await _refuse_projection(opened)
+            await opened.set_retention(thread, chosen)
+
+    run_or_fail(work(), settings)
+    typer.echo(f"thread {thread!r}: " + ("the default policy" if chosen is None else chosen.text()))
+
+
+@retention_app.command("show")
+def show_policy(thread: ThreadArgument, store: StoreUrlOption = None) -> None:
+    """Print a thread's own retention policy, or say the default applies."""
+    settings = settings_of()
+    url = store_url(store, settings)
+
+    async def work() -> RetentionPolicy | None:
+        async with open_store(url) as opened:
+            return await opened.get_retention(thread)
+
+    own = run_or_fail(work(), settings)
+    if own is None:
+        typer.echo(f"thread {thread!r}: the default policy ({parse_policy(settings.retention).text()})")
+    else:
+        typer.echo(f"thread {thread!r}: {own.text()}")
 
 
 @retention_app.command("apply")
 def apply(
-    policy: PolicyOption,
+    policy: PolicyOption = None,
     store: StoreUrlOption = None,
     step: Annotated[
         int, typer.Option(min=1, max=10_000, help="Seqs expired per step (each step a transaction).")
@@ -66,10 +123,7 @@ def apply(
     projection are refused. Exit status: 0 done (or stopped by SIGTERM/Ctrl-C), 1 error.
     """
     settings = settings_of()
-    try:
-        chosen = parse_policy(policy)
-    except InvalidRetentionPolicyError as error:
-        raise typer.BadParameter(str(error), param_hint="--policy") from None
+    chosen = _parsed(settings.retention if policy is None else policy, "--policy")
     url = store_url(store, settings)
     log_to_stderr(settings.log_level)
     report = run_or_fail(_apply(url, chosen, step, every, dry_run), settings)

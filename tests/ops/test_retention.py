@@ -168,3 +168,40 @@ async def test_on_the_bus_expiry_goes_through_the_topic_and_the_projection_s_tab
         assert done.exit_code == 0, done.output
         assert "2 threads looked at, 6 events expired from 2 of them" in done.output
         assert [s.seq for s in await bus_store.retention_summaries("t0")] == [4, 5]
+
+
+def test_a_thread_s_own_policy_is_set_shown_and_cleared_from_the_command_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "store").mkdir()
+    url = f"jsonl://{tmp_path / 'store'}"
+    monkeypatch.setenv("RUNEVENTS_RETENTION", "max_age=90d")
+    runner = CliRunner()
+    shown = runner.invoke(app, ["retention", "show", "t1", "--store", url])
+    assert shown.exit_code == 0, shown.output
+    assert shown.output == "thread 't1': the default policy (max_age=90d)\n"
+    done = runner.invoke(app, ["retention", "set", "t1", "trace: max_age=7d", "--store", url])
+    assert done.exit_code == 0, done.output
+    assert done.output == "thread 't1': forever; trace: max_age=1w\n"
+    assert runner.invoke(app, ["retention", "show", "t1", "--store", url]).output == done.output
+    cleared = runner.invoke(app, ["retention", "set", "t1", "--clear", "--store", url])
+    assert cleared.output == "thread 't1': the default policy\n"
+    # Without --policy, apply follows the setting.
+    applied = runner.invoke(app, ["retention", "apply", "--dry-run", "--store", url])
+    assert applied.exit_code == 0, applied.output
+    assert "retention done: 1 threads looked at, 0 events expired" in applied.output
+    both = runner.invoke(app, ["retention", "set", "t1", "forever", "--clear", "--store", url])
+    assert both.exit_code == 2
+    assert "give either a POLICY or --clear" in both.output
+
+
+def test_a_bad_default_policy_in_the_settings_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RUNEVENTS_RETENTION", "keep_runs=0")
+    result = CliRunner().invoke(app, ["retention", "apply", "--store", f"jsonl://{tmp_path}"])
+    assert result.exit_code == 1
+    assert result.output == (
+        "error: setting retention (env RUNEVENTS_RETENTION): the default rule: keep_runs must be a whole "
+        "number, at least 1, got 0\n"
+    )
