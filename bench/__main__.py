@@ -9,7 +9,7 @@ import argparse
 from collections.abc import Callable, Sequence
 from typing import Final
 
-from bench import broker, bus_e2e, jsonl_put, replay, serve, sql_put, sql_read, subscribe
+from bench import broker, bus_e2e, jsonl_put, replay, retention, serve, sql_put, sql_read, subscribe
 from runevents.heap import freeze_startup_objects, keep_heap_top
 
 BENCHMARKS: Final[dict[str, Callable[[Sequence[str]], None]]] = {
@@ -21,6 +21,7 @@ BENCHMARKS: Final[dict[str, Callable[[Sequence[str]], None]]] = {
     "subscribe": subscribe.main,
     "serve": serve.main,
     "broker": broker.main,
+    "retention": retention.main,
 }
 
 
