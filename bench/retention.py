@@ -33,6 +33,7 @@ from runevents.tables.sql import SqlRunEventStore
 POLICY: Final = parse_policy("max_age=30d; message: forever")
 WRITERS: Final = 8
 FILL_BATCH: Final = 500
+WARM_UP_S: Final = 2.0
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,15 @@ async def retention_process(database: URL) -> tuple[int, float]:
     return int(found.group(1).replace(",", "")), seconds
 
 
+async def writers_for(store: SqlRunEventStore, work: Workload, seconds: float) -> list[float]:
+    """The writers' put latencies over `seconds`."""
+    done = asyncio.Event()
+    task = asyncio.create_task(writers(store, work, done))
+    await asyncio.sleep(seconds)
+    done.set()
+    return await task
+
+
 def quantile_ms(values: list[float], q: int) -> float:
     """The q-th percentile in ms."""
     return statistics.quantiles(values, n=100)[q - 1] * 1000
@@ -121,16 +131,20 @@ async def repetition(url: URL, work: Workload) -> dict[str, float]:
         store = SqlRunEventStore(database.render_as_string(hide_password=False))
         try:
             due = await fill(store, work)
-            alone_done = asyncio.Event()
-            alone_task = asyncio.create_task(writers(store, work, alone_done))
-            await asyncio.sleep(work.alone_s)
-            alone_done.set()
-            alone = await alone_task
+            # Warm up (connections, plans, the pages the fill left dirty), then time the writers alone.
+            warm = asyncio.Event()
+            warming = asyncio.create_task(writers(store, work, warm))
+            await asyncio.sleep(WARM_UP_S)
+            warm.set()
+            await warming
+            # Alone half before and half after: the tables change under the writers as they write.
+            alone = await writers_for(store, work, work.alone_s / 2)
             with_done = asyncio.Event()
             with_task = asyncio.create_task(writers(store, work, with_done))
             expired, seconds = await retention_process(database)
             with_done.set()
             together = await with_task
+            alone += await writers_for(store, work, work.alone_s / 2)
         finally:
             await store.close()
     assert expired == due, f"expired {expired}, expected {due}"
