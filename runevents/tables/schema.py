@@ -172,6 +172,20 @@ class RetentionPolicyRow(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class Blob(Base):
+    """A large content kept whole outside its event (runevents.lifecycle.blobs), by its sha256."""
+
+    __tablename__ = "blobs"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    media_type: Mapped[str] = mapped_column(String(255))
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=text("CURRENT_TIMESTAMP")
+    )
+
+
 class DeadLetter(Base):
     """A topic record the projector could not apply, kept with the reason; the partition moved on."""
 
@@ -249,3 +263,4 @@ deleted_events = cast(Table, DeletedEvent.__table__)
 token_usage_calls = cast(Table, TokenUsageCall.__table__)
 token_usage_offsets = cast(Table, TokenUsageOffset.__table__)
 retention_policies = cast(Table, RetentionPolicyRow.__table__)
+blobs = cast(Table, Blob.__table__)

@@ -24,7 +24,7 @@ from runevents.tables import migrate
 from runevents.tables.schema import Base, thread_counters
 from runevents.tables.sql import engine_for
 
-HEAD = "0005_retention_policies"
+HEAD = "0005_lifecycle"
 TABLES = {
     "run_events",
     "thread_counters",
@@ -35,6 +35,7 @@ TABLES = {
     "token_usage_calls",
     "token_usage_offsets",
     "retention_policies",
+    "blobs",
 }
 PARTIAL_INDEXES = {
     "ix_run_events_messages",

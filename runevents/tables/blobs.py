@@ -1,0 +1,43 @@
+"""Blobs in PostgreSQL: the `blobs` table beside the read tables, for the sql and bus backends."""
+
+from __future__ import annotations
+
+from sqlalchemy import delete, select
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from runevents.lifecycle.blobs import BlobMissingError, BlobRef, BlobStore
+from runevents.tables.schema import blobs
+
+
+class PostgresBlobStore(BlobStore):
+    """Blobs as rows of the `blobs` table (bytea), in the database and schema of the engine's read tables."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def _put(self, ref: BlobRef, data: bytes) -> None:
+        statement = postgresql.insert(blobs).values(
+            sha256=ref.sha256, size=ref.size, media_type=ref.media_type, data=data
+        )
+        async with self._engine.begin() as connection:
+            await connection.execute(statement.on_conflict_do_nothing(index_elements=[blobs.c.sha256]))
+
+    async def _get(self, sha256: str) -> bytes:
+        async with self._engine.connect() as connection:
+            found = (await connection.execute(select(blobs.c.data).where(blobs.c.sha256 == sha256))).first()
+        if found is None:
+            raise BlobMissingError(f"no blob {sha256} in the blobs table")
+        return bytes(found[0])
+
+    async def _delete(self, sha256: str) -> bool:
+        async with self._engine.begin() as connection:
+            removed = await connection.execute(delete(blobs).where(blobs.c.sha256 == sha256))
+        return bool(removed.rowcount)
+
+    async def _addresses(self, after: str | None, limit: int) -> list[str]:
+        statement = select(blobs.c.sha256).order_by(blobs.c.sha256).limit(limit)
+        if after is not None:
+            statement = statement.where(blobs.c.sha256 > after)
+        async with self._engine.connect() as connection:
+            return [sha256 for (sha256,) in await connection.execute(statement)]
