@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Annotated
 
@@ -11,10 +13,11 @@ import typer
 from sqlalchemy import select
 
 from runevents.cli.store_url import StoreUrlOption, store_url
-from runevents.cli.support import log_to_stderr, run_or_fail, settings_of, stop_on_signals
+from runevents.cli.support import log_to_stderr, mask, run_or_fail, settings_of, stop_on_signals
 from runevents.errors import RunEventsError
 from runevents.lifecycle.retention import InvalidRetentionPolicyError, RetentionPolicy, parse_policy
 from runevents.ops.retention import DEFAULT_STEP, RetentionReport, apply_retention
+from runevents.settings import Settings
 from runevents.store import RunEventStore, open_store
 from runevents.tables.schema import projection_offsets
 from runevents.tables.sql import SqlRunEventStore
@@ -47,6 +50,25 @@ PolicyOption = Annotated[
     ),
 ]
 ThreadArgument = Annotated[str, typer.Argument(help="The thread's id.", show_default=False)]
+BusOption = Annotated[
+    bool,
+    typer.Option(
+        "--bus",
+        help="Through the topic, as `runevents project` is configured (settings kafka, topic, projection, "
+        "database_url, schema_name, TLS and SASL): what a bus deployment runs.",
+    ),
+]
+
+
+def _store(given: str | None, bus: bool, settings: Settings) -> tuple[Callable[[], RunEventStore], str]:
+    """How to open the store a command works on (inside its run, so a refusal is one line), and its name:
+    --bus's, else --store's (or the settings')."""
+    if bus:
+        if given is not None:
+            raise typer.BadParameter("give --store or --bus, not both", param_hint="--bus")
+        return settings.bus_store, f"topic {settings.topic!r}"
+    url = store_url(given, settings)
+    return functools.partial(open_store, url), mask(url)
 
 
 def _parsed(policy: str, option: str) -> RetentionPolicy:
@@ -67,16 +89,17 @@ def set_policy(
         bool, typer.Option("--clear", help="Take the thread's own policy back: the default applies.")
     ] = False,
     store: StoreUrlOption = None,
+    bus: BusOption = False,
 ) -> None:
     """Give a thread a retention policy of its own, which `retention apply` follows instead of the default."""
     if (policy is None) == (not clear):
         raise typer.BadParameter("give either a POLICY or --clear", param_hint="POLICY")
     chosen = None if policy is None else _parsed(policy, "POLICY")
     settings = settings_of()
-    url = store_url(store, settings)
+    opening, _ = _store(store, bus, settings)
 
     async def work() -> None:
-        async with open_store(url) as opened:
+        async with opening() as opened:
             await _refuse_projection(opened)
             await opened.set_retention(thread, chosen)
 
@@ -85,13 +108,13 @@ def set_policy(
 
 
 @retention_app.command("show")
-def show_policy(thread: ThreadArgument, store: StoreUrlOption = None) -> None:
+def show_policy(thread: ThreadArgument, store: StoreUrlOption = None, bus: BusOption = False) -> None:
     """Print a thread's own retention policy, or say the default applies."""
     settings = settings_of()
-    url = store_url(store, settings)
+    opening, _ = _store(store, bus, settings)
 
     async def work() -> RetentionPolicy | None:
-        async with open_store(url) as opened:
+        async with opening() as opened:
             return await opened.get_retention(thread)
 
     own = run_or_fail(work(), settings)
@@ -115,6 +138,7 @@ def apply(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Count what would expire; remove nothing.")
     ] = False,
+    bus: BusOption = False,
 ) -> None:
     """Expire from every thread what the policy no longer keeps, in bounded steps; safe to stop and rerun.
 
@@ -124,17 +148,18 @@ def apply(
     """
     settings = settings_of()
     chosen = _parsed(settings.retention if policy is None else policy, "--policy")
-    url = store_url(store, settings)
+    opening, shown = _store(store, bus, settings)
     log_to_stderr(settings.log_level)
-    report = run_or_fail(_apply(url, chosen, step, every, dry_run), settings)
+    log.info("applying %s to %s", chosen.text(), shown)
+    report = run_or_fail(_apply(opening, chosen, step, every, dry_run), settings)
     typer.echo(report.line())
 
 
 async def _apply(
-    url: str, policy: RetentionPolicy, step: int, every: int | None, dry_run: bool
+    opening: Callable[[], RunEventStore], policy: RetentionPolicy, step: int, every: int | None, dry_run: bool
 ) -> RetentionReport:
     stop = stop_on_signals()
-    async with open_store(url) as opened:
+    async with opening() as opened:
         await _refuse_projection(opened)
         while True:
             report = await apply_retention(

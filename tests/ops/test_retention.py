@@ -156,6 +156,7 @@ async def test_on_the_bus_expiry_goes_through_the_topic_and_the_projection_s_tab
     topic: str,
     bus_store: BusRunEventStore,
     make_projector: Callable[..., Projector],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     async with running(make_projector()):
         await _history(bus_store, threads=2, old_traces=3)
@@ -168,6 +169,18 @@ async def test_on_the_bus_expiry_goes_through_the_topic_and_the_projection_s_tab
         assert done.exit_code == 0, done.output
         assert "2 threads looked at, 6 events expired from 2 of them" in done.output
         assert [s.seq for s in await bus_store.retention_summaries("t0")] == [4, 5]
+        # --bus: the topic and database of the settings, as the projector is configured.
+        for name, value in (("KAFKA", kafka_bootstrap), ("TOPIC", topic), ("DATABASE_URL", bus_db)):
+            monkeypatch.setenv(f"RUNEVENTS_{name}", value)
+        assert (await cli("retention", "set", "t1", "keep_events=1", "--bus")).exit_code == 0
+        assert await bus_store.get_retention("t1") == parse_policy("keep_events=1")
+        done = await cli("retention", "apply", "--policy", "forever", "--bus")
+        assert done.exit_code == 0, done.output
+        assert "2 threads looked at, 1 events expired from 1 of them" in done.output
+        assert [s.seq for s in await bus_store.retention_summaries("t1")] == [5]
+        both = await cli("retention", "apply", "--bus", "--store", url)
+        assert both.exit_code == 2
+        assert "give --store or --bus, not both" in both.output
 
 
 def test_a_thread_s_own_policy_is_set_shown_and_cleared_from_the_command_line(
