@@ -49,3 +49,7 @@ class ThreadDeletedError(RunEventsError):
     def __init__(self, thread_id: str) -> None:
         self.thread_id = thread_id
         super().__init__(f"thread {thread_id!r} was deleted; its subscription ended")
+
+
+class EventNotFoundError(RunEventsError, LookupError):
+    """The thread holds no event of the id asked for (never written, deleted or expired)."""

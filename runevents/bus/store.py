@@ -32,6 +32,8 @@ from runevents.events import (
     prepare_event,
     prepare_events,
 )
+from runevents.lifecycle.blobs import BlobStore
+from runevents.lifecycle.offload import offload
 from runevents.metrics import READ_YOUR_WRITES_SEQS
 from runevents.names import check_identifier, check_topic
 from runevents.store.opener import StoreUrl
@@ -73,11 +75,15 @@ class BusRunEventStore(ReadTablesStore):
         poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
         pool_size: int = 8,
         producer_options: dict[str, Any] | None = None,
+        blobs: BlobStore | None = None,
     ) -> None:
+        """`blobs`: where contents cut to their preview are kept whole (see `get_full_content`); the
+        topic carries the preview and the blob's reference."""
         # Names first: a refused one must leave nothing opened (no engine, no producer).
         check_topic(topic)
         check_identifier("projection", projection)
         self._schema = None if schema is None else check_identifier("schema", schema)
+        self._blobs = blobs
         self._engine = engine_for(database_url, schema=schema, pool_size=pool_size)
         self._max_trace_content = max_trace_content
         self._wait_timeout_s = wait_timeout_s
@@ -116,7 +122,10 @@ class BusRunEventStore(ReadTablesStore):
         retry it: the projection keeps one copy of each, whatever reached the log the first time.
         """
         prepared = prepare_events(events, max_trace_content=self._max_trace_content, event_ids=event_ids)
-        return await self._producer.publish_puts(prepared) if prepared else []
+        if not prepared:
+            return []
+        # The blobs first: no record on the topic points at a blob that is not there.
+        return await self._producer.publish_puts(await offload(prepared, self._blobs))
 
     async def publish(self, **event: Any) -> Published:
         """Validate and publish one event (the keywords of `put`); return once the broker acknowledged it."""
@@ -141,6 +150,7 @@ class BusRunEventStore(ReadTablesStore):
         if not prepared:
             return []
         await self._ready_to_publish()
+        prepared = await offload(prepared, self._blobs)
         ids = [event.event_id for event in prepared]
         # Before publishing: the projector may tell the seqs as soon as the broker has the records.
         self._watcher.expect(ids)
@@ -242,6 +252,7 @@ class BusRunEventStore(ReadTablesStore):
     async def _put_if_absent(self, event: Mapping[str, Any]) -> tuple[Record, bool]:
         prepared = prepare_event(event, max_trace_content=self._max_trace_content)
         await self._ready_to_publish()
+        (prepared,) = await offload([prepared], self._blobs)
         (published,) = await self._producer.publish_puts([prepared], op=PUT_IF_ABSENT)
         result = await self._op_result(published)
         if result.created:
@@ -267,6 +278,9 @@ class BusRunEventStore(ReadTablesStore):
         await self._ready_to_publish()
         result = await self._op_result(await self._producer.publish_delete_run(thread_id, run_id))
         return int(result.removed)
+
+    def _blob_store(self) -> BlobStore | None:
+        return self._blobs
 
     async def _set_retention(self, thread_id: str, policy: dict[str, Any] | None) -> None:
         # On the log too: a replay rebuilds the threads' policies with their events.

@@ -10,6 +10,7 @@ from typing import Any
 
 from runevents.deerflow.users import AUTO, UserArgument, Users
 from runevents.events import Content, Record
+from runevents.lifecycle.blobs import BlobStore
 from runevents.lifecycle.retention import Summary
 from runevents.store import RunEventStore
 from runevents.store.subscriptions import Doorbell
@@ -338,6 +339,13 @@ class DeerFlowRunEventStore(RunEventStore):
     async def _summaries(self, thread_id: str) -> list[Summary]:
         await self._ready()
         return await self.store._summaries(thread_id)
+
+    async def _event_by_id(self, thread_id: str, event_id: str) -> Record | None:
+        await self._ready()
+        return await self.store._event_by_id(thread_id, event_id)
+
+    def _blob_store(self) -> BlobStore | None:
+        return self.store._blob_store()
 
     async def _set_retention(self, thread_id: str, policy: dict[str, Any] | None) -> None:
         await self._ready()

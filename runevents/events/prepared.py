@@ -22,6 +22,9 @@ from runevents.events.input import (
 )
 
 _NUL_ESCAPE: Final = b"\\u0000"
+# How a content kept whole in a blob is told apart: a string's UTF-8, or a dict's or list's JSON.
+TEXT_MEDIA_TYPE: Final = "text/plain; charset=utf-8"
+JSON_MEDIA_TYPE: Final = "application/json"
 # A fixed namespace so an event id derived from the same coordinates is the same on every machine.
 _DERIVED_ID_NAMESPACE: Final = uuid_utils.UUID("5d0f3c8e-9a57-4c1e-8f0b-2b7f6c1d4e90")
 
@@ -47,6 +50,7 @@ class PreparedEvent:
         "created",
         "event_id",
         "event_type",
+        "full",
         "metadata_json",
         "run_id",
         "thread_id",
@@ -72,6 +76,9 @@ class PreparedEvent:
         self._content, self._metadata = content, metadata
         self._created_at, self.user_id, self.event_id = created_at, user_id, event_id
         self.content_json, self.metadata_json, self.created = content_json, metadata_json, created
+        # A content cut to its preview (trace truncation): its whole bytes and their media type, for a
+        # blob store to keep. Not part of the event's value: what is stored is the preview.
+        self.full: tuple[bytes, str] | None = None
 
     @property
     def content(self) -> Content:
@@ -93,6 +100,25 @@ class PreparedEvent:
         if self._metadata is None:
             self._metadata = orjson.loads(self.metadata_json)
         return self._metadata
+
+    def with_metadata(self, metadata: dict[str, Any]) -> PreparedEvent:
+        """The same event with other metadata (a blob's reference added)."""
+        changed = PreparedEvent(
+            self.thread_id,
+            self.run_id,
+            self.event_type,
+            self.category,
+            self._content,
+            metadata,
+            self._created_at,
+            self.user_id,
+            self.event_id,
+            self.content_json,
+            to_json(metadata),
+            self.created,
+        )
+        changed.full = self.full
+        return changed
 
     def _values(self) -> tuple[Any, ...]:
         return (
@@ -266,14 +292,19 @@ def _prepared(
         problem = column_problem(category, content, metadata)
         if problem is not None:
             raise InvalidEventError(*problem, index=index)
+    full: tuple[bytes, str] | None = None
     if max_trace_content is not None and category == TRACE_CATEGORY:
         size = len(content.encode()) if isinstance(content, str) else len(content_json)
         if size > max_trace_content:
             content = orjson.loads(content_json) if content is None else content
             metadata = orjson.loads(metadata_json) if metadata is None else metadata
+            if isinstance(content, str):
+                full = (content.encode(), TEXT_MEDIA_TYPE)
+            else:
+                full = (content_json, JSON_MEDIA_TYPE)
             content, metadata = truncate_trace(content, content_json, metadata, max_trace_content)
             content_json, metadata_json = to_json(content), to_json(metadata)
-    return PreparedEvent(
+    prepared = PreparedEvent(
         thread_id,
         run_id,
         event_type,
@@ -287,6 +318,8 @@ def _prepared(
         metadata_json,
         created,
     )
+    prepared.full = full
+    return prepared
 
 
 def prepare_events(

@@ -5,12 +5,15 @@ from __future__ import annotations
 import abc
 import contextlib
 import functools
+import uuid
 from collections.abc import AsyncGenerator, Collection, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
-from runevents.errors import InvalidEventError, InvalidQueryError
+from runevents.errors import EventNotFoundError, InvalidEventError, InvalidQueryError
 from runevents.events import MAX_INDEXED_MESSAGE_ID, Content, Record
+from runevents.lifecycle.blobs import BlobStore
+from runevents.lifecycle.offload import full_content
 from runevents.lifecycle.retention import RetentionPolicy, Summary, policy_from_document
 from runevents.store.arguments import check_id, check_names, check_page, check_seqs, check_text, check_user
 from runevents.store.subscriptions import Doorbell, Doorbells, follow, watching
@@ -193,6 +196,26 @@ class RunEventStore(abc.ABC):
         checked = check_seqs("seqs", seqs)
         return await self._expire(thread_id, checked) if checked else 0
 
+    async def get_full_content(self, thread_id: str, event_id: str) -> Content:
+        """An event's whole content, also when what is stored is a preview kept whole in a blob store.
+
+        Raises `EventNotFoundError` for an event the thread does not hold, `BlobMissingError` when its
+        blob is not there (this store has no blob store, or the blob was collected).
+        """
+        check_id("thread_id", thread_id)
+        try:
+            event_id = str(uuid.UUID(event_id))
+        except (ValueError, TypeError, AttributeError):
+            raise InvalidQueryError("event_id", f"must be a UUID, got {event_id!r}") from None
+        record = await self._event_by_id(thread_id, event_id)
+        if record is None:
+            raise EventNotFoundError(f"thread {thread_id!r} holds no event {event_id}")
+        return await full_content(record, self._blob_store())
+
+    def _blob_store(self) -> BlobStore | None:
+        """Where this store keeps cut contents whole (None: nowhere; a cut content's rest is lost)."""
+        return None
+
     async def set_retention(self, thread_id: str, policy: RetentionPolicy | None) -> None:
         """Give the thread a retention policy of its own; None takes it back to the default policy."""
         check_id("thread_id", thread_id)
@@ -322,6 +345,10 @@ class RunEventStore(abc.ABC):
     @abc.abstractmethod
     async def _thread_ids(self, after: str | None, limit: int) -> list[str]:
         """`list_thread_ids` of checked arguments."""
+
+    @abc.abstractmethod
+    async def _event_by_id(self, thread_id: str, event_id: str) -> Record | None:
+        """The thread's record of `event_id` (a UUID in its canonical form), if it holds one."""
 
     @abc.abstractmethod
     async def _set_retention(self, thread_id: str, policy: dict[str, Any] | None) -> None:

@@ -19,6 +19,8 @@ from typing import IO, Any, Literal, TypeVar
 
 from runevents.errors import InvalidEventError, InvalidQueryError, StoreLockedError
 from runevents.events import PreparedEvent, Record, make_record, prepare_event, prepare_events, to_json
+from runevents.lifecycle.blobs import BlobStore
+from runevents.lifecycle.offload import offload
 from runevents.store import jsonl_files
 from runevents.store.critical import run_to_completion
 from runevents.store.jsonl_files import ThreadFiles
@@ -45,12 +47,15 @@ class JsonlRunEventStore(ThreadLogStore):
         durability: Durability = "flush",
         max_trace_content: int | None = None,
         max_cached_threads: int = 1024,
+        blobs: BlobStore | None = None,
     ) -> None:
         if durability not in ("flush", "fsync"):
             raise ValueError(f"durability: must be 'flush' or 'fsync', got {durability!r}")
         if max_cached_threads < 1:
             raise ValueError(f"max_cached_threads: must be >= 1, got {max_cached_threads}")
         self._base = Path(base_dir)
+        # Where contents cut to their preview are kept whole (see `get_full_content`).
+        self._blobs = blobs
         if self._base.resolve() == Path("/"):
             # Its threads/ would sit at /threads, and a delete would remove under it.
             raise ValueError(
@@ -143,6 +148,7 @@ class JsonlRunEventStore(ThreadLogStore):
         self._check_paths(prepared)
         if not prepared:
             return []
+        prepared = await offload(prepared, self._blobs)
         self._claim_directory()
         async with AsyncExitStack() as held:
             # One order for every writer, so batches spanning threads cannot deadlock.
@@ -178,6 +184,7 @@ class JsonlRunEventStore(ThreadLogStore):
     async def _put_if_absent(self, event: Mapping[str, Any]) -> tuple[Record, bool]:
         prepared = prepare_event(event, max_trace_content=self._max_trace_content)
         self._check_paths([prepared], single=True)
+        (prepared,) = await offload([prepared], self._blobs)
         self._claim_directory()
         async with self._thread_lock(prepared.thread_id):
             record, created = await run_to_completion(self._append_if_absent(prepared))
@@ -268,6 +275,9 @@ class JsonlRunEventStore(ThreadLogStore):
         self._claim_directory()
         found = await self._blocking(jsonl_files.thread_ids, self._base)
         return [thread for thread in found if after is None or thread > after][:limit]
+
+    def _blob_store(self) -> BlobStore | None:
+        return self._blobs
 
     @staticmethod
     def _check_id_argument(argument: str, value: str) -> None:

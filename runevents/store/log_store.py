@@ -80,3 +80,7 @@ class ThreadLogStore(RunEventStore):
     async def _summaries(self, thread_id: str) -> list[Summary]:
         log = await self._read_log(thread_id)
         return log.summaries()
+
+    async def _event_by_id(self, thread_id: str, event_id: str) -> Record | None:
+        log = await self._read_log(thread_id)
+        return log.find(event_id)

@@ -10,6 +10,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from runevents.events import PreparedEvent, Record, make_record, prepare_event, prepare_events
+from runevents.lifecycle.blobs import BlobStore
+from runevents.lifecycle.offload import offload
 from runevents.store.log_store import ThreadLogStore
 from runevents.store.thread_log import LoggedEvent, ThreadLog
 
@@ -17,8 +19,10 @@ from runevents.store.thread_log import LoggedEvent, ThreadLog
 class MemoryRunEventStore(ThreadLogStore):
     """A `RunEventStore` held in process memory; gone when the process ends."""
 
-    def __init__(self, *, max_trace_content: int | None = None) -> None:
+    def __init__(self, *, max_trace_content: int | None = None, blobs: BlobStore | None = None) -> None:
+        """`blobs`: where contents cut to their preview are kept whole (see `get_full_content`)."""
         self._max_trace_content = max_trace_content
+        self._blobs = blobs
         self._threads: dict[str, ThreadLog] = {}
         self._retention: dict[str, dict[str, Any]] = {}
 
@@ -34,12 +38,15 @@ class MemoryRunEventStore(ThreadLogStore):
     async def put_batch(self, events: Sequence[Mapping[str, Any]]) -> list[Record]:
         """Write many events all or none; return their records in input order."""
         prepared = prepare_events(events, max_trace_content=self._max_trace_content)
+        prepared = await offload(prepared, self._blobs)
         records = [self._append(event) for event in prepared]
         self._doorbells.ring({event.thread_id for event in prepared})
         return records
 
     async def _put_if_absent(self, event: Mapping[str, Any]) -> tuple[Record, bool]:
-        prepared = prepare_event(event, max_trace_content=self._max_trace_content)
+        (prepared,) = await offload(
+            [prepare_event(event, max_trace_content=self._max_trace_content)], self._blobs
+        )
         log = self._threads.get(prepared.thread_id)
         existing = None if log is None else log.first_of_type(prepared.run_id, prepared.event_type)
         if existing is not None:
@@ -72,3 +79,6 @@ class MemoryRunEventStore(ThreadLogStore):
 
     async def _get_retention(self, thread_id: str) -> dict[str, Any] | None:
         return self._retention.get(thread_id)
+
+    def _blob_store(self) -> BlobStore | None:
+        return self._blobs

@@ -162,6 +162,16 @@ class ThreadLog:
         prune(self.by_message_id, {event.message_id for event in removed if event.message_id is not None})
         return len(removed)
 
+    def find(self, event_id: str) -> Record | None:
+        """The record of `event_id`, if this log holds it."""
+        needle = event_id.encode()
+        for event in self.events:
+            if needle in event.line:  # most lines are ruled out without decoding them
+                record = event.record()
+                if record["event_id"] == event_id:
+                    return record
+        return None
+
     def summaries(self) -> list[Summary]:
         """What retention looks at of each record, in seq order."""
         return [

@@ -163,6 +163,12 @@ class ReadTablesStore(RunEventStore):
                 raise ReadFailedError(f"the read tables' database did not answer: {reason_of(exc)}") from exc
             self._schema_checked = True
 
+    async def _event_by_id(self, thread_id: str, event_id: str) -> Record | None:
+        records = await self._records(
+            select(*RECORD_COLUMNS).where(_e.thread_id == thread_id, _e.event_id == event_id)
+        )
+        return records[0] if records else None
+
     async def _get_retention(self, thread_id: str) -> dict[str, Any] | None:
         rows = await self._rows(
             select(retention_policies.c.policy).where(retention_policies.c.thread_id == thread_id)

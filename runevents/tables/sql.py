@@ -31,6 +31,8 @@ from runevents.events import (
     prepare_events,
     to_json,
 )
+from runevents.lifecycle.blobs import BlobStore
+from runevents.lifecycle.offload import offload
 from runevents.masking import mask_secrets
 from runevents.names import check_identifier
 from runevents.store.opener import StoreUrl
@@ -124,8 +126,11 @@ class SqlRunEventStore(ReadTablesStore):
         max_trace_content: int | None = DEFAULT_MAX_TRACE_CONTENT,
         pool_size: int = 8,
         write_concurrency: int = 4,
+        blobs: BlobStore | None = None,
     ) -> None:
+        """`blobs`: where contents cut to their preview are kept whole (see `get_full_content`)."""
         self._url = url
+        self._blobs = blobs
         self._schema = None if schema is None else check_identifier("schema", schema)
         self._engine = engine_for(url, schema=schema, pool_size=pool_size)
         self._max_trace_content = max_trace_content
@@ -165,6 +170,7 @@ class SqlRunEventStore(ReadTablesStore):
         if not prepared:
             return []
         await self._ready()
+        prepared = await offload(prepared, self._blobs)
         records = await self._writes.submit(prepared)
         self._doorbells.ring({event.thread_id for event in prepared})
         return records
@@ -272,6 +278,7 @@ class SqlRunEventStore(ReadTablesStore):
     async def _put_if_absent(self, event: Mapping[str, Any]) -> tuple[Record, bool]:
         prepared = prepare_event(event, max_trace_content=self._max_trace_content)
         await self._ready()
+        (prepared,) = await offload([prepared], self._blobs)
         async with self._transaction(f"put_if_absent on thread {prepared.thread_id!r}") as connection:
             record, created = await writes.put_if_absent(connection, prepared, self._schema)
         if created:
@@ -289,6 +296,9 @@ class SqlRunEventStore(ReadTablesStore):
         await self._ready()
         async with self._transaction(f"delete_by_run({thread_id!r}, {run_id!r})") as connection:
             return await writes.delete_run(connection, thread_id, run_id)
+
+    def _blob_store(self) -> BlobStore | None:
+        return self._blobs
 
     async def _set_retention(self, thread_id: str, policy: dict[str, Any] | None) -> None:
         await self._ready()

@@ -1,0 +1,122 @@
+"""Contents cut to their preview kept whole in a blob store, and `get_full_content`, on every backend."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runevents.bus.projector import Projector
+from runevents.bus.store import BusRunEventStore
+from runevents.bus.topic import create_topic
+from runevents.errors import EventNotFoundError, InvalidQueryError
+from runevents.lifecycle.blobs import BlobMissingError, BlobStore, FileBlobStore
+from runevents.store import RunEventStore
+from runevents.store.jsonl import JsonlRunEventStore
+from runevents.store.memory import MemoryRunEventStore
+from runevents.tables.blobs import PostgresBlobStore
+from runevents.tables.migrate import upgrade_async
+from runevents.tables.sql import SqlRunEventStore, engine_for
+from tests.bus.conftest import running
+
+LIMIT = 1000
+WHOLE_TEXT = "step output " * 2000  # 24,000 bytes
+WHOLE_DICT = {"tool": "search", "results": [{"rank": n, "text": "é" * 50} for n in range(100)]}
+
+
+@pytest.fixture(params=["memory", "jsonl", "sqlite", "postgresql", "bus"])
+async def store(
+    request: pytest.FixtureRequest, tmp_path: Path, pg_database: str
+) -> AsyncIterator[RunEventStore]:
+    """A store of each backend that keeps cut contents whole (files, or the blobs table)."""
+    files = FileBlobStore(tmp_path / "blobs", fsync=False)
+    if request.param == "memory":
+        yield MemoryRunEventStore(max_trace_content=LIMIT, blobs=files)
+        return
+    if request.param == "jsonl":
+        jsonl = JsonlRunEventStore(tmp_path / "jsonl", max_trace_content=LIMIT, blobs=files)
+        yield jsonl
+        await jsonl.close()
+        return
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'read.db'}"
+        await upgrade_async(url)
+        sqlite = SqlRunEventStore(url, max_trace_content=LIMIT, blobs=files)
+        yield sqlite
+        await sqlite.close()
+        return
+    await upgrade_async(pg_database)
+    engine = engine_for(pg_database)
+    blobs = PostgresBlobStore(engine)
+    try:
+        if request.param == "postgresql":
+            sql = SqlRunEventStore(pg_database, max_trace_content=LIMIT, blobs=blobs)
+            yield sql
+            await sql.close()
+            return
+        # The bus: the blob goes in the table before the record goes on the topic.
+        kafka: str = request.getfixturevalue("kafka_bootstrap")
+        topic = f"blobs-{uuid.uuid4().hex[:12]}"
+        assert await create_topic(kafka, topic, partitions=2)
+        bus = BusRunEventStore(kafka, pg_database, topic=topic, max_trace_content=LIMIT, blobs=blobs)
+        async with running(Projector(kafka, pg_database, topic=topic, partitions=[0, 1])):
+            yield bus
+        await bus.close()
+    finally:
+        await engine.dispose()
+
+
+def _trace(content: Any, thread_id: str = "t1") -> dict[str, Any]:
+    return {"thread_id": thread_id, "run_id": "r1", "event_type": "tool.result", "category": "trace",
+            "content": content}  # fmt: skip
+
+
+async def test_a_cut_content_is_kept_whole_and_the_record_says_where(store: RunEventStore) -> None:
+    text = await store.put(**_trace(WHOLE_TEXT))
+    whole = WHOLE_TEXT.encode()
+    assert text["content"] == WHOLE_TEXT[:LIMIT]
+    assert text["metadata"]["content_truncated"] is True
+    assert text["metadata"]["original_byte_length"] == len(whole)
+    pointer = text["metadata"]["content_blob"]
+    assert pointer["size"] == len(whole)
+    assert pointer["media_type"] == "text/plain; charset=utf-8"
+    assert await store.get_full_content("t1", text["event_id"]) == WHOLE_TEXT
+    (structured,) = await store.put_batch([_trace(WHOLE_DICT)])
+    assert structured["metadata"]["content_blob"]["media_type"] == "application/json"
+    assert await store.get_full_content("t1", structured["event_id"]) == WHOLE_DICT
+    # What is read back is what put returned: the preview, pointing at the whole.
+    assert (await store.list_events("t1", "r1"))[:2] == [text, structured]
+
+
+async def test_a_content_not_cut_is_its_own_full_content(store: RunEventStore) -> None:
+    record = await store.put(**_trace({"short": True}))
+    assert "content_blob" not in record["metadata"]
+    assert await store.get_full_content("t1", record["event_id"]) == {"short": True}
+
+
+async def test_an_unknown_event_is_named(store: RunEventStore) -> None:
+    await store.put(**_trace("x"))
+    missing = str(uuid.uuid4())
+    with pytest.raises(EventNotFoundError, match=f"thread 't1' holds no event {missing}"):
+        await store.get_full_content("t1", missing)
+    with pytest.raises(InvalidQueryError, match="event_id: must be a UUID"):
+        await store.get_full_content("t1", "not-an-id")
+
+
+async def test_without_a_blob_store_the_rest_of_a_cut_content_is_said_to_be_lost(tmp_path: Path) -> None:
+    store = MemoryRunEventStore(max_trace_content=LIMIT)
+    record = await store.put(**_trace(WHOLE_TEXT))
+    with pytest.raises(BlobMissingError, match="was cut to its preview and its whole content was not kept"):
+        await store.get_full_content("t1", record["event_id"])
+
+
+async def test_a_collected_blob_is_a_missing_blob_not_a_wrong_content(tmp_path: Path) -> None:
+    blobs: BlobStore = FileBlobStore(tmp_path / "blobs", fsync=False)
+    store = MemoryRunEventStore(max_trace_content=LIMIT, blobs=blobs)
+    record = await store.put(**_trace(WHOLE_TEXT))
+    assert await blobs.delete(record["metadata"]["content_blob"]["sha256"])
+    with pytest.raises(BlobMissingError, match="no blob"):
+        await store.get_full_content("t1", record["event_id"])
