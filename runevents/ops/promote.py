@@ -42,6 +42,7 @@ from runevents.tables.schema import (
     deleted_events,
     op_results,
     projection_offsets,
+    retention_policies,
     run_events,
     thread_counters,
 )
@@ -52,7 +53,7 @@ DEFAULT_SERVING: Final = "serving"
 DEFAULT_MAX_LAG: Final = 10_000
 # The tables a serving schema shows, as views of the same names; projection_offsets shows only the
 # served projection's rows, so a writer polling it needs no projection name.
-SERVED: Final = (run_events, thread_counters, op_results, deleted_events, dead_letters)
+SERVED: Final = (run_events, thread_counters, op_results, deleted_events, dead_letters, retention_policies)
 VERSION_TABLE: Final = "alembic_version"
 
 promotions = Table(
