@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from runevents.bus.names import SEQS_CHANNEL
 from runevents.bus.projector.dead_letters import DeadLetters
 from runevents.bus.projector.decoding import Op, decode_consumer_record
-from runevents.bus.projector.offsets import Fence, Owned
+from runevents.bus.projector.offsets import Fence, Owned, told_in_payloads
 from runevents.events import (
     PUT_IF_ABSENT,
     DeleteRunEnvelope,
@@ -35,7 +35,6 @@ RESULTS_KEPT_S: Final = 3600
 # Batches of at most this many puts tell their seqs to the writers waiting (SEQS_CHANNEL): a few
 # payloads. Larger ones are a backlog's, with few writers waiting on them, who read their seqs back.
 SEQS_TOLD_MAX: Final = 400
-_PAYLOAD_LIMIT: Final = 7000  # PostgreSQL refuses NOTIFY payloads of 8000 bytes or more
 _EVENT_ID: Final = writes.ROW_COLUMNS.index("event_id")
 _SEQ: Final = writes.ROW_COLUMNS.index("seq")
 
@@ -44,20 +43,7 @@ def seq_notifications(
     schema: str | None, projection: str, topic: str, seqs: list[tuple[str, int]]
 ) -> list[str]:
     """SEQS_CHANNEL payloads telling the seq of each (event id, seq) written by a projection's batch."""
-    head = "\t".join((schema or "", projection, topic)) + "\t"
-    payloads: list[str] = []
-    parts: list[str] = []
-    size = len(head)
-    for event_id, seq in seqs:
-        part = f"{event_id}:{seq}"
-        if parts and size + len(part) + 1 > _PAYLOAD_LIMIT:
-            payloads.append(head + ",".join(parts))
-            parts, size = [], len(head)
-        parts.append(part)
-        size += len(part) + 1
-    if parts:
-        payloads.append(head + ",".join(parts))
-    return payloads
+    return told_in_payloads(schema, projection, topic, [f"{event_id}:{seq}" for event_id, seq in seqs])
 
 
 class BatchWriter:

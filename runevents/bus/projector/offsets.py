@@ -55,16 +55,23 @@ def notifications(
     schema: str | None, projection: str, topic: str, reached: list[tuple[int, int]]
 ) -> list[str]:
     """NOTIFY payloads saying how far a projection got: `schema TAB projection TAB topic TAB p:o,p:o`."""
+    return told_in_payloads(schema, projection, topic, [f"{partition}:{end}" for partition, end in reached])
+
+
+def told_in_payloads(schema: str | None, projection: str, topic: str, parts: list[str]) -> list[str]:
+    """`schema TAB projection TAB topic TAB part,part,...` payloads, as many as keep each under the limit."""
     head = "\t".join((schema or "", projection, topic)) + "\t"
     payloads: list[str] = []
-    parts: list[str] = []
-    for partition, next_offset in reached:
-        parts.append(f"{partition}:{next_offset}")
-        if len(head) + sum(len(part) + 1 for part in parts) > _NOTIFY_LIMIT:
-            payloads.append(head + ",".join(parts))
-            parts = []
-    if parts:
-        payloads.append(head + ",".join(parts))
+    taken: list[str] = []
+    size = len(head)
+    for part in parts:
+        if taken and size + len(part) + 1 > _NOTIFY_LIMIT:
+            payloads.append(head + ",".join(taken))
+            taken, size = [], len(head)
+        taken.append(part)
+        size += len(part) + 1
+    if taken:
+        payloads.append(head + ",".join(taken))
     return payloads
 
 
