@@ -273,6 +273,19 @@ class Positions:
                 continue  # revoked while fetched
             fresh = [record for record in records if record.offset >= start]
             if fresh:
+                if fresh[0].offset > start:
+                    # Legitimate only where the log lost records (its start cut by topic retention):
+                    # said, since the fence moves over them.
+                    log.warning(
+                        "%s %r of %r: partition %d has no records %d-%d; applying from %d",
+                        self._offsets.kind,
+                        self.projection,
+                        self.topic,
+                        tp.partition,
+                        start,
+                        fresh[0].offset - 1,
+                        fresh[0].offset,
+                    )
                 owned.append((tp, fresh, start, fresh[-1].offset + 1))
         return owned
 
