@@ -120,10 +120,7 @@ class UsageConsumer:
         consumer = self._consumer
         assert consumer is not None
         positions = self._positions
-        unplaced = [tp for tp in batch if tp not in positions.next_offsets and tp in consumer.assignment()]
-        if unplaced:
-            # Assigned, but its stored offset was never read: read it and fetch from there.
-            await positions.seek_to_stored(consumer, unplaced)
+        if not await positions.placed(consumer, batch):
             return
         owned = positions.unapplied(batch)
         if not owned:

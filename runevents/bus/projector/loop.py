@@ -234,17 +234,7 @@ class Projector:
         consumer = self._consumer
         assert consumer is not None
         positions = self._positions
-        unplaced = [tp for tp in batch if tp not in positions.next_offsets and tp in consumer.assignment()]
-        if unplaced:
-            # Assigned, but its stored offset was never read (the rebalance listener still retrying a
-            # database that does not answer, while the client fetched the partition from its start):
-            # read it and fetch from there. Nothing of this batch is applied, so its other partitions
-            # are read again from their stored offsets too: left where the fetch took them, their
-            # records in this batch would be skipped, and the next batch's fence would move past them.
-            await positions.seek_to_stored(consumer, unplaced)
-            for tp in batch:
-                if tp not in unplaced and tp in positions.next_offsets:
-                    consumer.seek(tp, positions.next_offsets[tp])
+        if not await positions.placed(consumer, batch):
             return
         owned = positions.unapplied(batch)
         if not owned:

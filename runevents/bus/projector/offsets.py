@@ -210,6 +210,25 @@ class Positions:
             {tp.partition: stored[tp.partition] for tp in partitions},
         )
 
+    async def placed(
+        self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list[ConsumerRecord]]
+    ) -> bool:
+        """Whether every partition of `batch` has its stored offset read; if not, read those and seek
+        every partition of the batch back to its stored offset, so the batch is read again whole."""
+        unplaced = [tp for tp in batch if tp not in self.next_offsets and tp in consumer.assignment()]
+        if not unplaced:
+            return True
+        # Assigned, but its stored offset was never read (the rebalance listener still retrying a
+        # database that does not answer, while the client fetched the partition from its start): read
+        # it and fetch from there. Nothing of this batch is applied, so its other partitions are read
+        # again from their stored offsets too: left where the fetch took them, their records in this
+        # batch would be skipped, and the next batch's fence would move past them.
+        await self.seek_to_stored(consumer, unplaced)
+        for tp in batch:
+            if tp not in unplaced and tp in self.next_offsets:
+                consumer.seek(tp, self.next_offsets[tp])
+        return False
+
     async def seek_back(self, consumer: AIOKafkaConsumer) -> None:
         """Seek every owned partition to its stored offset again, after a batch that did not commit."""
         await self.seek_to_stored(consumer, sorted(self.next_offsets, key=lambda tp: tp.partition))
