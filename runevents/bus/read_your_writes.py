@@ -84,6 +84,9 @@ class ProjectionWatcher:
         self._listener: asyncpg.Connection | None = None
         self._poller: asyncio.Task[None] | None = None
         self._starting = asyncio.Lock()
+        # Serving schemas only: the connection and lock of the look each wait takes first (`_refresh`).
+        self._refreshing = asyncio.Lock()
+        self._refresh_connection: asyncpg.Connection | None = None
         self._poke = asyncio.Event()
         # Set by close(): the poller ends on it, its waits cut short.
         self._closing = asyncio.Event()
@@ -176,6 +179,9 @@ class ProjectionWatcher:
         if self._listener is not None:
             await _close(self._listener)
             self._listener = None
+        if self._refresh_connection is not None:
+            await _close(self._refresh_connection)
+            self._refresh_connection = None
         for waiting in self._waiters.values():
             for _, future in waiting:
                 future.cancel()
@@ -184,6 +190,8 @@ class ProjectionWatcher:
     async def wait(self, positions: dict[int, int], timeout_s: float) -> None:
         """Wait until the projection has applied every partition's record at `positions[partition]`."""
         await self.start()
+        if self._serving:
+            await self._refresh()
         loop = asyncio.get_running_loop()
         futures = []
         for partition, offset in positions.items():
@@ -211,6 +219,20 @@ class ProjectionWatcher:
         finally:
             for future in futures:
                 future.cancel()
+
+    async def _refresh(self) -> None:
+        """Poll now, on a connection of its own: which projection is served is learned by polling, and a
+        promotion made before a wait began must count, not the notifications of the one served before."""
+        async with self._refreshing:
+            try:
+                if self._refresh_connection is None or self._refresh_connection.is_closed():
+                    self._refresh_connection = await self._connect()
+                self._apply(await self._fetch_offsets(self._refresh_connection))
+            except Exception as exc:  # the poller is the fallback; the wait goes on without this look
+                log.warning("looking up the served projection failed (%s)", one_line(exc, *self._secrets))
+                if self._refresh_connection is not None:
+                    self._refresh_connection.terminate()
+                self._refresh_connection = None
 
     def _advance(self, partition: int, next_offset: int) -> None:
         if next_offset <= self._reached.get(partition, -1):
@@ -242,6 +264,10 @@ class ProjectionWatcher:
 
     def told(self, event_ids: Sequence[str]) -> dict[str, int]:
         """The seqs notifications told of `event_ids` (those expected) so far."""
+        if self._serving:
+            # Which projection is served is learned by polling: a seq told by the one served a moment
+            # ago would skip the read-back that finds a promotion (ProjectedRecordMissingError).
+            return {}
         expected = self._expected
         return {event_id: seq for event_id in event_ids if (seq := expected.get(event_id)) is not None}
 
