@@ -19,6 +19,7 @@ from typing import Any, Final
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, KafkaTimeoutError, UnknownError
 
+from runevents.bus.clients import start_fully
 from runevents.bus.names import DEFAULT_TOPIC
 from runevents.bus.record_batches import Outgoing, PartitionBatches, framed_size, headers_size
 from runevents.bus.topic import max_message_bytes
@@ -208,7 +209,7 @@ class EventProducer:
             **self._client_options,
         )
         try:
-            await producer.start()
+            await start_fully(producer.start)
         except BaseException:
             await producer.stop()
             raise

@@ -11,6 +11,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
+from runevents.bus.clients import start_fully
 from runevents.bus.names import DEAD_LETTER_SUFFIX, DEFAULT_TOPIC
 from runevents.errors import RunEventsError
 from runevents.names import check_topic
@@ -42,7 +43,7 @@ async def create_topic(
     check_topic(topic)  # before any client: a refused name leaves nothing made
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **(client_options or {}))
     try:
-        await admin.start()  # in the try: a start that fails (no broker) is closed too, not leaked
+        await start_fully(admin.start)  # in the try: a failed start (no broker) is closed too
         # The log is the source of truth: replay and backfill need every record ever written.
         configs = {"retention.ms": "-1", "max.message.bytes": str(max_message_bytes)}
         new = NewTopic(topic, partitions, replication_factor, topic_configs=configs)
@@ -66,7 +67,8 @@ async def max_message_bytes(
     """The topic's `max.message.bytes`, or Kafka's default when the broker does not say."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **(client_options or {}))
     try:
-        await admin.start()  # an unreachable broker raises; only a broker that will not say means the default
+        # An unreachable broker raises; only a broker that will not say means the default.
+        await start_fully(admin.start)
         try:
             responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
         except KafkaError:
@@ -97,7 +99,7 @@ async def log_offsets(
         **(client_options or {}),
     )
     try:
-        await consumer.start()  # in the try: a start that fails (no broker) is stopped too, not leaked
+        await start_fully(consumer.start)  # in the try: a failed start (no broker) is stopped too
         await consumer.topics()  # fetches the cluster's metadata, partitions included
         partitions = consumer.partitions_for_topic(topic)
         if not partitions:

@@ -19,6 +19,7 @@ from typing import Any, Final
 
 from aiokafka.admin import AIOKafkaAdminClient
 
+from runevents.bus.clients import start_fully
 from runevents.devstack.postgres import free_port
 from runevents.devstack.s3 import LocalS3
 from runevents.errors import RunEventsError
@@ -67,7 +68,7 @@ async def _describe_cluster(bootstrap_servers: str, timeout_s: float) -> dict[st
     )
     try:
         async with asyncio.timeout(timeout_s):
-            await admin.start()
+            await start_fully(admin.start)
             description: dict[str, Any] = await admin.describe_cluster()
             return description
     finally:

@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaProducer
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from runevents.bus.clients import start_fully
 from runevents.errors import RunEventsError
 from runevents.events import UndecodableRecordError, decode_record
 from runevents.tables.schema import dead_letters
@@ -178,7 +179,7 @@ async def retry_dead_letters(
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", **(client_options or {}))
         retried = []
         try:
-            await producer.start()  # in the try: a start that fails (no broker) is stopped too
+            await start_fully(producer.start)  # in the try: a start that fails (no broker) is stopped too
             for letter in letters:
                 sent = await producer.send_and_wait(
                     letter.topic,

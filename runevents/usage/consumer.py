@@ -11,6 +11,7 @@ from typing import Any, Final
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlalchemy import text
 
+from runevents.bus.clients import start_fully
 from runevents.bus.names import DEFAULT_TOPIC
 from runevents.bus.projector.offsets import Positions, RebalanceListener, StaleBatchError
 from runevents.bus.stopping import STOP_TIMEOUT_S, Batch, StoppableLoop, close_together, leave_group
@@ -105,7 +106,7 @@ class UsageConsumer:
             **self._options,
         )
         self._consumer = consumer
-        await consumer.start()
+        await start_fully(consumer.start)
         listener = RebalanceListener(self._positions, consumer, halt=self._consuming.halt)
         consumer.subscribe([self.topic], listener=listener)
         return consumer

@@ -11,6 +11,7 @@ from aiokafka.structs import ConsumerRecord
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from runevents.bus.clients import start_fully
 from runevents.bus.topic import dead_letter_topic
 from runevents.tables.schema import dead_letters
 
@@ -32,7 +33,7 @@ class DeadLetters:
         self._producer = AIOKafkaProducer(
             bootstrap_servers=self._bootstrap_servers, acks="all", **self._client_options
         )
-        await self._producer.start()
+        await start_fully(self._producer.start)
 
     async def stop(self) -> None:
         """Stop the producer, if started."""

@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlalchemy import text
 
 from runevents import metrics
+from runevents.bus.clients import start_fully
 from runevents.bus.names import DEFAULT_PROJECTION, DEFAULT_TOPIC
 from runevents.bus.projector.batch import BatchWriter, prune_results
 from runevents.bus.projector.dead_letters import DeadLetters
@@ -183,11 +184,11 @@ class Projector:
             # Started, it has not joined the group yet: that takes the subscription below.
             consumer = AIOKafkaConsumer(group_id=self._group_id, **options)
             self._consumer = consumer
-            await consumer.start()
+            await start_fully(consumer.start)
         else:
             consumer = AIOKafkaConsumer(**options)
             self._consumer = consumer
-            await consumer.start()
+            await start_fully(consumer.start)
             await self._check_partitions(consumer, self._partitions)
         await self._dead_letters.start()
         if self._partitions is None:
