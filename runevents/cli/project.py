@@ -12,6 +12,7 @@ import typer
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from sqlalchemy.exc import SQLAlchemyError
 
+from runevents.bus.clients import DEFAULT_SESSION_TIMEOUT_MS, group_member_options
 from runevents.bus.projector import Projector
 from runevents.bus.projector.loop import FETCH_MAX_WAIT_MS, PartitionsError
 from runevents.bus.topic import TopicMissingError
@@ -63,7 +64,7 @@ def project(
         typer.Option(
             min=1000, help="How long the group waits for a silent projector before moving its partitions."
         ),
-    ] = 10_000,
+    ] = DEFAULT_SESSION_TIMEOUT_MS,
     fetch_max_wait_ms: Annotated[
         int,
         typer.Option(
@@ -164,11 +165,7 @@ async def _run(
         projection=settings.projection,
         schema=settings.schema_name,
         partitions=owned,
-        consumer_options={
-            "session_timeout_ms": session_timeout_ms,
-            "heartbeat_interval_ms": max(session_timeout_ms // 4, 250),
-            "fetch_max_wait_ms": fetch_max_wait_ms,
-        },
+        consumer_options={**group_member_options(session_timeout_ms), "fetch_max_wait_ms": fetch_max_wait_ms},
         client_options=settings.kafka_options(),
         stop_timeout_s=stop_timeout_s,
     )

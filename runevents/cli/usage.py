@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
+from runevents.bus.clients import DEFAULT_SESSION_TIMEOUT_MS, group_member_options
 from runevents.bus.topic import TopicMissingError
 from runevents.cli.stopping import STOP_TIMEOUT_S, StopTimeout, until_signalled
 from runevents.cli.support import (
@@ -81,7 +82,7 @@ def run(
         typer.Option(
             min=1000, help="How long the group waits for a silent consumer before moving its partitions."
         ),
-    ] = 10_000,
+    ] = DEFAULT_SESSION_TIMEOUT_MS,
     stop_timeout_s: StopTimeout = STOP_TIMEOUT_S,
     otel: Annotated[
         bool,
@@ -132,10 +133,7 @@ async def _run(
         topic=settings.topic,
         group=group,
         schema=settings.schema_name,
-        consumer_options={
-            "session_timeout_ms": session_timeout_ms,
-            "heartbeat_interval_ms": max(session_timeout_ms // 4, 250),
-        },
+        consumer_options=group_member_options(session_timeout_ms),
         client_options=settings.kafka_options(),
         export_spans=otel,
         stop_timeout_s=stop_timeout_s,

@@ -11,7 +11,7 @@ from typing import Any, Final
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlalchemy import text
 
-from runevents.bus.clients import start_fully
+from runevents.bus.clients import DEFAULT_SESSION_TIMEOUT_MS, group_member_options, start_fully
 from runevents.bus.names import DEFAULT_TOPIC
 from runevents.bus.projector.offsets import Positions, RebalanceListener, StaleBatchError
 from runevents.bus.stopping import STOP_TIMEOUT_S, Batch, StoppableLoop, close_together, leave_group
@@ -55,7 +55,11 @@ class UsageConsumer:
         self._bootstrap_servers = bootstrap_servers
         self._max_batch = max_batch
         self._export_spans = export_spans
-        self._options = {**(client_options or {}), **(consumer_options or {})}
+        self._options = {
+            **group_member_options(DEFAULT_SESSION_TIMEOUT_MS),
+            **(client_options or {}),
+            **(consumer_options or {}),
+        }
         self._engine = engine_for(database_url, schema=schema, pool_size=2)
         self._secrets = (self._engine.url.password,)
         self._writer = UsageBatchWriter(topic=topic, group=group, schema=schema)

@@ -154,7 +154,13 @@ class ProjectorFleet:
     def __enter__(self) -> ProjectorFleet:
         return self
 
-    def __exit__(self, *_: object) -> None:
+    def __exit__(self, failure: type[BaseException] | None, *_: object) -> None:
+        if failure is not None:
+            # What the projectors said, and where the live ones are, is most of what there is to go on
+            # when a test fails inside.
+            for projector in self.live:
+                projector.dump_stacks_and_kill()
+            print("\n".join(self.outputs(last_chars=20_000)))
         for projector in self.live:
             projector.wait_killed()
 
@@ -190,9 +196,9 @@ class ProjectorFleet:
             if code is not None:
                 raise AssertionError(f"{projector.name} exited on its own ({code}):\n{projector.output()}")
 
-    def outputs(self) -> Iterator[str]:
+    def outputs(self, *, last_chars: int = 3000) -> Iterator[str]:
         for projector in [*self.live, *(p for p, _ in self.ended)]:
-            yield f"--- {projector.name}:\n{projector.output()[-3000:]}"
+            yield f"--- {projector.name}:\n{projector.output()[-last_chars:]}"
 
     async def in_batch(self, probe: asyncpg.Connection) -> list[ProjectorProcess]:
         """The live projectors with a batch's transaction open in the database right now."""

@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from sqlalchemy import text
 
 from runevents import metrics
-from runevents.bus.clients import start_fully
+from runevents.bus.clients import DEFAULT_SESSION_TIMEOUT_MS, group_member_options, start_fully
 from runevents.bus.names import DEFAULT_PROJECTION, DEFAULT_TOPIC
 from runevents.bus.projector.batch import BatchWriter, prune_results
 from runevents.bus.projector.dead_letters import DeadLetters
@@ -177,6 +177,7 @@ class Projector:
             "auto_offset_reset": "earliest",
             "max_partition_fetch_bytes": 4 * 1024 * 1024,
             "fetch_max_wait_ms": FETCH_MAX_WAIT_MS,
+            **group_member_options(DEFAULT_SESSION_TIMEOUT_MS),
             **self._client_options,
             **self._consumer_options,
         }
