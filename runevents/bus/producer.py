@@ -235,10 +235,7 @@ class EventProducer:
             records.append(
                 (event.event_id, event.thread_id, key, value, headers, framed_size(key, value, headers_bytes))
             )
-        try:
-            limit = await self._limit()
-        except BrokerUnavailableError as exc:
-            raise _none_sent(exc, [event.event_id for event in events]) from exc
+        limit = await self.record_limit([event.event_id for event in events])
         for index, (_, _, key, value, _, _) in enumerate(records):
             size = len(value) + len(key) + _RECORD_OVERHEAD
             if size > limit:
@@ -248,6 +245,10 @@ class EventProducer:
                     index=index if len(records) > 1 else None,
                 )
         return await self._send_all(records)
+
+    def record_size(self, event: PreparedEvent) -> int:
+        """The bytes `event`'s put record takes on the topic, as `publish_puts` counts them."""
+        return len(encode_put(event, PUT)) + len(event.thread_id.encode()) + _RECORD_OVERHEAD
 
     def _headers(self, op: str, event_type: str) -> tuple[list[tuple[str, bytes]], int]:
         """The headers of a put of `event_type` and their size, made once a kind (records only read them)."""
@@ -297,8 +298,12 @@ class EventProducer:
         )
         return published
 
-    async def _limit(self) -> int:
-        await self.start()
+    async def record_limit(self, event_ids: Sequence[str] = ()) -> int:
+        """The largest record the topic takes, once started (failing to start: `event_ids` not sent)."""
+        try:
+            await self.start()
+        except BrokerUnavailableError as exc:
+            raise _none_sent(exc, event_ids) from exc
         assert self._max_message_bytes is not None
         return self._max_message_bytes
 

@@ -33,7 +33,7 @@ from runevents.events import (
     prepare_events,
 )
 from runevents.lifecycle.blobs import BlobStore
-from runevents.lifecycle.offload import offload
+from runevents.lifecycle.offload import OVERSIZE_PREVIEW_BYTES, PreviewFor, offload, offload_sizes
 from runevents.metrics import READ_YOUR_WRITES_SEQS
 from runevents.names import check_identifier, check_topic
 from runevents.store.opener import StoreUrl
@@ -46,6 +46,12 @@ from runevents.tables.sql import engine_for
 
 DEFAULT_WAIT_S: Final = 30.0
 LOOKUP_CONNECTIONS: Final = 2
+# More than a record holds besides its content and metadata (four ids of at most 64 characters, the
+# type, category, time and the envelope's keys, Kafka's framing): an event this far below the topic's
+# limit is not encoded to know its size.
+_ENVELOPE_BOUND: Final = 4096
+# What a cut content's metadata gains: content_truncated, original_byte_length and the blob's reference.
+_REFERENCE_BYTES: Final = 512
 _e = run_events.c
 _r = op_results.c
 T = TypeVar("T")
@@ -76,14 +82,18 @@ class BusRunEventStore(ReadTablesStore):
         pool_size: int = 8,
         producer_options: dict[str, Any] | None = None,
         blobs: BlobStore | None = None,
+        offload_over: Mapping[str, int] | None = None,
     ) -> None:
         """`blobs`: where contents cut to their preview are kept whole (see `get_full_content`); the
-        topic carries the preview and the blob's reference."""
+        topic carries the preview and the blob's reference. With it, a content that would make its
+        record larger than the topic takes is cut and kept there too, instead of refused.
+        `offload_over`: category -> size in bytes past which its contents are cut and kept there."""
         # Names first: a refused one must leave nothing opened (no engine, no producer).
         check_topic(topic)
         check_identifier("projection", projection)
         self._schema = None if schema is None else check_identifier("schema", schema)
         self._blobs = blobs
+        self._offload_over = offload_sizes(offload_over, blobs)
         self._engine = engine_for(database_url, schema=schema, pool_size=pool_size)
         self._max_trace_content = max_trace_content
         self._wait_timeout_s = wait_timeout_s
@@ -125,7 +135,31 @@ class BusRunEventStore(ReadTablesStore):
         if not prepared:
             return []
         # The blobs first: no record on the topic points at a blob that is not there.
-        return await self._producer.publish_puts(await offload(prepared, self._blobs))
+        return await self._producer.publish_puts(await self._offload(prepared))
+
+    async def _offload(self, events: Sequence[PreparedEvent]) -> list[PreparedEvent]:
+        """`events` with their cut contents in the blob store, those too large for a record included."""
+        if self._blobs is None:
+            return list(events)
+        limit = await self._producer.record_limit([event.event_id for event in events])
+        return await offload(events, self._blobs, over=self._offload_over, fit=self._preview_for(limit))
+
+    def _preview_for(self, limit: int) -> PreviewFor:
+        """How far to cut an event's content so that its record fits in `limit` bytes (None: it fits)."""
+        producer = self._producer
+
+        def preview_for(event: PreparedEvent) -> int | None:
+            if len(event.content_json) + len(event.metadata_json) + _ENVELOPE_BOUND <= limit:
+                return None  # far from the limit: not worth encoding to know
+            size = producer.record_size(event)
+            if size <= limit:
+                return None
+            # What the record keeps besides the content, and the blob's reference the metadata gains; a
+            # preview's JSON can be twice its UTF-8 (quotes, backslashes, newlines escaped).
+            room = limit - (size - len(event.content_json)) - _REFERENCE_BYTES
+            return max(min(OVERSIZE_PREVIEW_BYTES, room // 2), 0)
+
+        return preview_for
 
     async def publish(self, **event: Any) -> Published:
         """Validate and publish one event (the keywords of `put`); return once the broker acknowledged it."""
@@ -150,7 +184,7 @@ class BusRunEventStore(ReadTablesStore):
         if not prepared:
             return []
         await self._ready_to_publish()
-        prepared = await offload(prepared, self._blobs)
+        prepared = await self._offload(prepared)
         ids = [event.event_id for event in prepared]
         # Before publishing: the projector may tell the seqs as soon as the broker has the records.
         self._watcher.expect(ids)
@@ -252,7 +286,7 @@ class BusRunEventStore(ReadTablesStore):
     async def _put_if_absent(self, event: Mapping[str, Any]) -> tuple[Record, bool]:
         prepared = prepare_event(event, max_trace_content=self._max_trace_content)
         await self._ready_to_publish()
-        (prepared,) = await offload([prepared], self._blobs)
+        (prepared,) = await self._offload([prepared])
         (published,) = await self._producer.publish_puts([prepared], op=PUT_IF_ABSENT)
         result = await self._op_result(published)
         if result.created:

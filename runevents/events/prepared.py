@@ -183,6 +183,34 @@ def truncate_trace(
     return cut, {**metadata, "content_truncated": True, "original_byte_length": len(encoded)}
 
 
+def cut_to_preview(event: PreparedEvent, max_bytes: int) -> PreparedEvent:
+    """`event` with its content cut to a `max_bytes` preview, its whole bytes in `full` (as is if it fits)."""
+    content = event.content
+    if isinstance(content, str):
+        full = (content.encode(), TEXT_MEDIA_TYPE)
+    else:
+        full = (event.content_json, JSON_MEDIA_TYPE)
+    if len(full[0]) <= max_bytes:
+        return event
+    preview, metadata = truncate_trace(content, event.content_json, event.metadata, max_bytes)
+    cut = PreparedEvent(
+        event.thread_id,
+        event.run_id,
+        event.event_type,
+        event.category,
+        preview,
+        metadata,
+        event._created_at,
+        event.user_id,
+        event.event_id,
+        to_json(preview),
+        to_json(metadata),
+        event.created,
+    )
+    cut.full = full
+    return cut
+
+
 def prepare_event(
     raw: Mapping[str, Any],
     *,

@@ -5,25 +5,74 @@ its content, as without a blob store; with one, the whole content is written the
 event's metadata gets `content_blob` (sha256, size, media type) beside `content_truncated` and
 `original_byte_length`, so `get_full_content` finds it. The blob goes before the event: no event
 points at a blob that is not there.
+
+Beyond traces, a store can cut any category's content over a size of its own (`offload_over`), and
+the bus cuts a content that would make its record larger than the topic takes, instead of refusing
+the event: both only with a blob store, since without one the rest of the content would be lost.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 import orjson
 
-from runevents.events import Content, PreparedEvent
-from runevents.events.prepared import JSON_MEDIA_TYPE, TEXT_MEDIA_TYPE
+from runevents.events import MAX_CATEGORY_LENGTH, Content, PreparedEvent
+from runevents.events.prepared import JSON_MEDIA_TYPE, TEXT_MEDIA_TYPE, cut_to_preview
 from runevents.lifecycle.blobs import BlobMissingError, BlobStore
 
 BLOB_KEY: Final = "content_blob"
+# The preview a content too large for its record keeps at most (deer-flow's trace cut).
+OVERSIZE_PREVIEW_BYTES: Final = 10_240
 
 
-async def offload(events: Sequence[PreparedEvent], blobs: BlobStore | None) -> list[PreparedEvent]:
-    """`events`, those whose content was cut pointing at the blob now holding it whole."""
-    if blobs is None or all(event.full is None for event in events):
+def offload_sizes(over: Mapping[str, int] | None, blobs: BlobStore | None) -> dict[str, int] | None:
+    """`over` (category: bytes past which its contents are kept whole), checked against `blobs`."""
+    if not over:
+        return None
+    if blobs is None:
+        raise ValueError("offload_over needs a blob store (blobs=): without one, what is cut is lost")
+    checked = {}
+    for category, size in over.items():
+        if not isinstance(category, str) or not 0 < len(category) <= MAX_CATEGORY_LENGTH:
+            raise ValueError(f"offload_over's keys are categories, got {category!r}")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"offload_over[{category!r}] is a size in bytes of at least 1, got {size!r}")
+        checked[category] = size
+    return checked
+
+
+# Given an event, the size of the preview it must be cut to so that it fits where it goes, or None.
+PreviewFor = Callable[[PreparedEvent], int | None]
+
+
+def _cut(event: PreparedEvent, over: Mapping[str, int] | None, fit: PreviewFor | None) -> PreparedEvent:
+    """`event`, its content cut to a preview if it is over its category's size or will not `fit`."""
+    limit = None if over is None else over.get(event.category)
+    needed = None if fit is None else fit(event)
+    if needed is not None:
+        limit = needed if limit is None else min(limit, needed)
+    # The JSON is at least as long as the UTF-8 of a str content: below the limit, nothing to look at.
+    if limit is None or len(event.content_json) <= limit:
+        return event
+    return cut_to_preview(event, limit)
+
+
+async def offload(
+    events: Sequence[PreparedEvent],
+    blobs: BlobStore | None,
+    *,
+    over: Mapping[str, int] | None = None,
+    fit: PreviewFor | None = None,
+) -> list[PreparedEvent]:
+    """`events`, each whose content was cut (or is now: over its category's size in `over`, or cut to
+    the preview `fit` asks for) pointing at the blob that holds it whole."""
+    if blobs is None:
+        return list(events)
+    if over is not None or fit is not None:
+        events = [_cut(event, over, fit) if event.full is None else event for event in events]
+    if all(event.full is None for event in events):
         return list(events)
     kept = []
     for event in events:

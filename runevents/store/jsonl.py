@@ -20,7 +20,7 @@ from typing import IO, Any, Literal, TypeVar
 from runevents.errors import InvalidEventError, InvalidQueryError, StoreLockedError
 from runevents.events import PreparedEvent, Record, make_record, prepare_event, prepare_events, to_json
 from runevents.lifecycle.blobs import BlobStore
-from runevents.lifecycle.offload import offload
+from runevents.lifecycle.offload import offload, offload_sizes
 from runevents.store import jsonl_files
 from runevents.store.critical import run_to_completion
 from runevents.store.jsonl_files import ThreadFiles
@@ -48,6 +48,7 @@ class JsonlRunEventStore(ThreadLogStore):
         max_trace_content: int | None = None,
         max_cached_threads: int = 1024,
         blobs: BlobStore | None = None,
+        offload_over: Mapping[str, int] | None = None,
     ) -> None:
         if durability not in ("flush", "fsync"):
             raise ValueError(f"durability: must be 'flush' or 'fsync', got {durability!r}")
@@ -56,6 +57,7 @@ class JsonlRunEventStore(ThreadLogStore):
         self._base = Path(base_dir)
         # Where contents cut to their preview are kept whole (see `get_full_content`).
         self._blobs = blobs
+        self._offload_over = offload_sizes(offload_over, blobs)
         if self._base.resolve() == Path("/"):
             # Its threads/ would sit at /threads, and a delete would remove under it.
             raise ValueError(
@@ -148,7 +150,7 @@ class JsonlRunEventStore(ThreadLogStore):
         self._check_paths(prepared)
         if not prepared:
             return []
-        prepared = await offload(prepared, self._blobs)
+        prepared = await offload(prepared, self._blobs, over=self._offload_over)
         self._claim_directory()
         async with AsyncExitStack() as held:
             # One order for every writer, so batches spanning threads cannot deadlock.
@@ -184,7 +186,7 @@ class JsonlRunEventStore(ThreadLogStore):
     async def _put_if_absent(self, event: Mapping[str, Any]) -> tuple[Record, bool]:
         prepared = prepare_event(event, max_trace_content=self._max_trace_content)
         self._check_paths([prepared], single=True)
-        (prepared,) = await offload([prepared], self._blobs)
+        (prepared,) = await offload([prepared], self._blobs, over=self._offload_over)
         self._claim_directory()
         async with self._thread_lock(prepared.thread_id):
             record, created = await run_to_completion(self._append_if_absent(prepared))

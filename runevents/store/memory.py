@@ -11,7 +11,7 @@ from typing import Any
 
 from runevents.events import PreparedEvent, Record, make_record, prepare_event, prepare_events
 from runevents.lifecycle.blobs import BlobStore
-from runevents.lifecycle.offload import offload
+from runevents.lifecycle.offload import offload, offload_sizes
 from runevents.store.log_store import ThreadLogStore
 from runevents.store.thread_log import LoggedEvent, ThreadLog
 
@@ -19,9 +19,17 @@ from runevents.store.thread_log import LoggedEvent, ThreadLog
 class MemoryRunEventStore(ThreadLogStore):
     """A `RunEventStore` held in process memory; gone when the process ends."""
 
-    def __init__(self, *, max_trace_content: int | None = None, blobs: BlobStore | None = None) -> None:
-        """`blobs`: where contents cut to their preview are kept whole (see `get_full_content`)."""
+    def __init__(
+        self,
+        *,
+        max_trace_content: int | None = None,
+        blobs: BlobStore | None = None,
+        offload_over: Mapping[str, int] | None = None,
+    ) -> None:
+        """`blobs`: where contents cut to their preview are kept whole (see `get_full_content`);
+        `offload_over`: category -> size in bytes past which its contents are cut and kept there."""
         self._max_trace_content = max_trace_content
+        self._offload_over = offload_sizes(offload_over, blobs)
         self._blobs = blobs
         self._threads: dict[str, ThreadLog] = {}
         self._retention: dict[str, dict[str, Any]] = {}
@@ -38,14 +46,16 @@ class MemoryRunEventStore(ThreadLogStore):
     async def put_batch(self, events: Sequence[Mapping[str, Any]]) -> list[Record]:
         """Write many events all or none; return their records in input order."""
         prepared = prepare_events(events, max_trace_content=self._max_trace_content)
-        prepared = await offload(prepared, self._blobs)
+        prepared = await offload(prepared, self._blobs, over=self._offload_over)
         records = [self._append(event) for event in prepared]
         self._doorbells.ring({event.thread_id for event in prepared})
         return records
 
     async def _put_if_absent(self, event: Mapping[str, Any]) -> tuple[Record, bool]:
         (prepared,) = await offload(
-            [prepare_event(event, max_trace_content=self._max_trace_content)], self._blobs
+            [prepare_event(event, max_trace_content=self._max_trace_content)],
+            self._blobs,
+            over=self._offload_over,
         )
         log = self._threads.get(prepared.thread_id)
         existing = None if log is None else log.first_of_type(prepared.run_id, prepared.event_type)

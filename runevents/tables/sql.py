@@ -32,7 +32,7 @@ from runevents.events import (
     to_json,
 )
 from runevents.lifecycle.blobs import BlobStore
-from runevents.lifecycle.offload import offload
+from runevents.lifecycle.offload import offload, offload_sizes
 from runevents.masking import mask_secrets
 from runevents.names import check_identifier
 from runevents.store.opener import StoreUrl
@@ -127,9 +127,12 @@ class SqlRunEventStore(ReadTablesStore):
         pool_size: int = 8,
         write_concurrency: int = 4,
         blobs: BlobStore | None = None,
+        offload_over: Mapping[str, int] | None = None,
     ) -> None:
-        """`blobs`: where contents cut to their preview are kept whole (see `get_full_content`)."""
+        """`blobs`: where contents cut to their preview are kept whole (see `get_full_content`);
+        `offload_over`: category -> size in bytes past which its contents are cut and kept there."""
         self._url = url
+        self._offload_over = offload_sizes(offload_over, blobs)
         self._blobs = blobs
         self._schema = None if schema is None else check_identifier("schema", schema)
         self._engine = engine_for(url, schema=schema, pool_size=pool_size)
@@ -170,7 +173,7 @@ class SqlRunEventStore(ReadTablesStore):
         if not prepared:
             return []
         await self._ready()
-        prepared = await offload(prepared, self._blobs)
+        prepared = await offload(prepared, self._blobs, over=self._offload_over)
         records = await self._writes.submit(prepared)
         self._doorbells.ring({event.thread_id for event in prepared})
         return records
@@ -278,7 +281,7 @@ class SqlRunEventStore(ReadTablesStore):
     async def _put_if_absent(self, event: Mapping[str, Any]) -> tuple[Record, bool]:
         prepared = prepare_event(event, max_trace_content=self._max_trace_content)
         await self._ready()
-        (prepared,) = await offload([prepared], self._blobs)
+        (prepared,) = await offload([prepared], self._blobs, over=self._offload_over)
         async with self._transaction(f"put_if_absent on thread {prepared.thread_id!r}") as connection:
             record, created = await writes.put_if_absent(connection, prepared, self._schema)
         if created:

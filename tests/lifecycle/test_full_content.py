@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from runevents.bus.producer import EventTooLargeError
 from runevents.bus.projector import Projector
 from runevents.bus.store import BusRunEventStore
 from runevents.bus.topic import create_topic
@@ -23,7 +24,10 @@ from runevents.tables.sql import SqlRunEventStore, engine_for
 from tests.bus.conftest import running
 
 LIMIT = 1000
+# Messages are kept whole past this size (offload_over), traces past LIMIT (max_trace_content).
+MESSAGE_LIMIT = 2000
 WHOLE_TEXT = "step output " * 2000  # 24,000 bytes
+OVER = {"message": MESSAGE_LIMIT}
 WHOLE_DICT = {"tool": "search", "results": [{"rank": n, "text": "é" * 50} for n in range(100)]}
 
 
@@ -34,17 +38,19 @@ async def store(
     """A store of each backend that keeps cut contents whole (files, or the blobs table)."""
     files = FileBlobStore(tmp_path / "blobs", fsync=False)
     if request.param == "memory":
-        yield MemoryRunEventStore(max_trace_content=LIMIT, blobs=files)
+        yield MemoryRunEventStore(max_trace_content=LIMIT, blobs=files, offload_over=OVER)
         return
     if request.param == "jsonl":
-        jsonl = JsonlRunEventStore(tmp_path / "jsonl", max_trace_content=LIMIT, blobs=files)
+        jsonl = JsonlRunEventStore(
+            tmp_path / "jsonl", max_trace_content=LIMIT, blobs=files, offload_over=OVER
+        )
         yield jsonl
         await jsonl.close()
         return
     if request.param == "sqlite":
         url = f"sqlite+aiosqlite:///{tmp_path / 'read.db'}"
         await upgrade_async(url)
-        sqlite = SqlRunEventStore(url, max_trace_content=LIMIT, blobs=files)
+        sqlite = SqlRunEventStore(url, max_trace_content=LIMIT, blobs=files, offload_over=OVER)
         yield sqlite
         await sqlite.close()
         return
@@ -53,7 +59,7 @@ async def store(
     blobs = PostgresBlobStore(engine)
     try:
         if request.param == "postgresql":
-            sql = SqlRunEventStore(pg_database, max_trace_content=LIMIT, blobs=blobs)
+            sql = SqlRunEventStore(pg_database, max_trace_content=LIMIT, blobs=blobs, offload_over=OVER)
             yield sql
             await sql.close()
             return
@@ -61,7 +67,9 @@ async def store(
         kafka: str = request.getfixturevalue("kafka_bootstrap")
         topic = f"blobs-{uuid.uuid4().hex[:12]}"
         assert await create_topic(kafka, topic, partitions=2)
-        bus = BusRunEventStore(kafka, pg_database, topic=topic, max_trace_content=LIMIT, blobs=blobs)
+        bus = BusRunEventStore(
+            kafka, pg_database, topic=topic, max_trace_content=LIMIT, blobs=blobs, offload_over=OVER
+        )
         async with running(Projector(kafka, pg_database, topic=topic, partitions=[0, 1])):
             yield bus
         await bus.close()
@@ -120,3 +128,77 @@ async def test_a_collected_blob_is_a_missing_blob_not_a_wrong_content(tmp_path: 
     assert await blobs.delete(record["metadata"]["content_blob"]["sha256"])
     with pytest.raises(BlobMissingError, match="no blob"):
         await store.get_full_content("t1", record["event_id"])
+
+
+def _message(content: Any, thread_id: str = "t1") -> dict[str, Any]:
+    return {"thread_id": thread_id, "run_id": "r1", "event_type": "ai_message", "category": "message",
+            "content": content}  # fmt: skip
+
+
+async def test_a_category_over_its_own_size_is_kept_whole_and_one_under_it_is_not(
+    store: RunEventStore,
+) -> None:
+    short = await store.put(**_message({"id": "m1", "text": "hello"}))
+    assert short["content"] == {"id": "m1", "text": "hello"}
+    assert "content_blob" not in short["metadata"]
+    whole = {"id": "m2", "text": "a long answer " * 500}
+    cut = await store.put(**_message(whole))
+    assert isinstance(cut["content"], str)
+    assert len(cut["content"].encode()) <= MESSAGE_LIMIT
+    assert cut["metadata"]["content_truncated"] is True
+    assert cut["metadata"]["content_blob"]["media_type"] == "application/json"
+    assert await store.get_full_content("t1", cut["event_id"]) == whole
+    # A trace keeps its own limit (max_trace_content), smaller than the messages'.
+    trace = await store.put(**_trace("t" * (LIMIT + 500)))
+    assert len(trace["content"]) == LIMIT
+    assert [m["event_id"] for m in await store.list_messages("t1")] == [short["event_id"], cut["event_id"]]
+
+
+@pytest.mark.parametrize(
+    ("over", "blobs", "problem"),
+    [
+        ({"message": 100}, False, "offload_over needs a blob store"),
+        ({"message": 0}, True, r"offload_over\['message'\] is a size in bytes of at least 1, got 0"),
+        ({"message": "100"}, True, "got '100'"),
+        ({"": 100}, True, "offload_over's keys are categories, got ''"),
+    ],
+)
+async def test_offload_sizes_are_checked_when_the_store_is_made(
+    tmp_path: Path, over: dict[str, Any], blobs: bool, problem: str
+) -> None:
+    kept = FileBlobStore(tmp_path / "blobs") if blobs else None
+    with pytest.raises(ValueError, match=problem):
+        MemoryRunEventStore(blobs=kept, offload_over=over)
+    with pytest.raises(ValueError, match=problem):
+        JsonlRunEventStore(tmp_path / "jsonl", blobs=kept, offload_over=over)
+    assert not (tmp_path / "jsonl").exists()
+
+
+async def test_on_the_bus_a_content_too_large_for_its_record_is_kept_whole_instead_of_refused(
+    kafka_bootstrap: str, pg_database: str, tmp_path: Path
+) -> None:
+    await upgrade_async(pg_database)
+    topic = f"small-{uuid.uuid4().hex[:12]}"
+    assert await create_topic(kafka_bootstrap, topic, partitions=1, max_message_bytes=16_384)
+    whole = {"id": "m-big", "rows": [{"n": n, "text": 'quoted "text"\n' * 4} for n in range(400)]}
+    refusing = BusRunEventStore(kafka_bootstrap, pg_database, topic=topic)
+    keeping = BusRunEventStore(
+        kafka_bootstrap, pg_database, topic=topic, blobs=FileBlobStore(tmp_path / "blobs", fsync=False)
+    )
+    try:
+        with pytest.raises(EventTooLargeError, match=r"takes at most 16384 \(max.message.bytes\)"):
+            await refusing.publish(**_message(whole))
+        async with running(Projector(kafka_bootstrap, pg_database, topic=topic, partitions=[0])):
+            small, big = await keeping.put_batch([_message({"id": "m-small"}), _message(whole)])
+            assert small["content"] == {"id": "m-small"}
+            assert big["metadata"]["content_truncated"] is True
+            assert big["metadata"]["original_byte_length"] > 16_384
+            assert 0 < len(big["content"].encode()) <= 10_240
+            assert await keeping.get_full_content("t1", big["event_id"]) == whole
+            assert [m["content"] for m in await keeping.list_messages("t1")] == [
+                {"id": "m-small"},
+                big["content"],
+            ]
+    finally:
+        await refusing.close()
+        await keeping.close()
