@@ -13,7 +13,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Final, Protocol
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -78,6 +78,13 @@ READ_YOUR_WRITES_SEQS = Counter(
 )
 
 RETENTION_EXPIRED = Counter("runevents_retention_expired_events", "Events removed by retention")
+RETENTION_BLOBS_COLLECTED = Counter(
+    "runevents_retention_collected_blobs", "Blobs no event points at any more, removed by retention"
+)
+RETENTION_OLDEST_AGE = Gauge(
+    "runevents_retention_oldest_event_age_seconds",
+    "Age of the oldest event the last retention run left in a thread whose policy expires events",
+)
 
 
 def observe_batch(

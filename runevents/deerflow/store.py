@@ -340,6 +340,10 @@ class DeerFlowRunEventStore(RunEventStore):
         await self._ready()
         return await self.store._summaries(thread_id)
 
+    async def _blob_references(self, thread_id: str) -> set[str]:
+        await self._ready()
+        return await self.store._blob_references(thread_id)
+
     async def _event_by_id(self, thread_id: str, event_id: str) -> Record | None:
         await self._ready()
         return await self.store._event_by_id(thread_id, event_id)

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import hashlib
 import os
 import re
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Final
 
@@ -85,6 +87,11 @@ class BlobStore(abc.ABC):
         """Remove the blob at `sha256`; whether there was one."""
         return await self._delete(check_address(sha256))
 
+    async def collect(self, sha256: str, *, written_before: datetime) -> bool:
+        """Remove the blob at `sha256` unless it was written (or put again) at or after `written_before`;
+        whether it went. The retention job's way: a blob put again for a new event is not collected."""
+        return await self._collect(check_address(sha256), written_before)
+
     async def addresses(self, *, after: str | None = None, limit: int = 1000) -> list[str]:
         """The addresses of the blobs kept, ascending, after `after` (for collecting unreferenced ones)."""
         return await self._addresses(after, limit)
@@ -105,6 +112,10 @@ class BlobStore(abc.ABC):
     async def _addresses(self, after: str | None, limit: int) -> list[str]:
         """`addresses` of checked arguments."""
 
+    async def _collect(self, sha256: str, written_before: datetime) -> bool:
+        """`collect` of a checked address."""
+        raise NotImplementedError(f"{type(self).__name__} cannot collect blobs")
+
 
 class FileBlobStore(BlobStore):
     """Blobs as files `<directory>/<first two hex digits>/<sha256>`, each written whole and durably."""
@@ -121,7 +132,11 @@ class FileBlobStore(BlobStore):
 
     def _write(self, path: Path, data: bytes) -> None:
         if path.exists():
-            return  # content-addressed: what is there holds these very bytes (get checks it)
+            # Content-addressed: what is there holds these very bytes (get checks it). Touched: a blob
+            # put again for a new event is as young as that event to the retention job's collection.
+            with contextlib.suppress(FileNotFoundError):
+                os.utime(path)
+                return
         path.parent.mkdir(parents=True, exist_ok=True)
         aside = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
         with open(aside, "wb") as file:
@@ -154,6 +169,19 @@ class FileBlobStore(BlobStore):
 
     async def _addresses(self, after: str | None, limit: int) -> list[str]:
         return await asyncio.to_thread(self._list, after, limit)
+
+    async def _collect(self, sha256: str, written_before: datetime) -> bool:
+        return await asyncio.to_thread(self._remove_if_older, self._path(sha256), written_before.timestamp())
+
+    @staticmethod
+    def _remove_if_older(path: Path, before: float) -> bool:
+        try:
+            if path.stat().st_mtime >= before:
+                return False
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        return True
 
     def _list(self, after: str | None, limit: int) -> list[str]:
         if not self.directory.is_dir():

@@ -85,6 +85,14 @@ async def offload(
     return kept
 
 
+def blob_address(metadata: Mapping[str, Any]) -> str | None:
+    """The address of the blob an event's `metadata` says holds its whole content, if any."""
+    pointer = metadata.get(BLOB_KEY)
+    if isinstance(pointer, dict) and isinstance(address := pointer.get("sha256"), str):
+        return address
+    return None
+
+
 async def full_content(record: dict[str, Any], blobs: BlobStore | None) -> Content:
     """A record's whole content: from its blob if it was cut and kept whole, else its content."""
     metadata = record["metadata"]

@@ -5,6 +5,10 @@ longer keeps, and they go in steps of at most `step` seqs, each step a transacti
 bus, an expire record the projector applies), so no step holds a thread's counter row for long and a
 writer of the thread waits at most one step. Killed at any point, nothing is half-done: a step either
 happened or not, and a run again finds what is left.
+
+With a blob store, a run that looked at every thread then removes the blobs no event points at any
+more (after deletes and expiry), unless written or put again within `blob_grace` before the run began:
+a blob is written before its event, and a writer may be between the two.
 """
 
 from __future__ import annotations
@@ -12,16 +16,20 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Final
 
+from runevents.lifecycle.blobs import BlobStore
 from runevents.lifecycle.retention import RetentionPolicy, expired_seqs
-from runevents.metrics import RETENTION_EXPIRED
+from runevents.metrics import RETENTION_BLOBS_COLLECTED, RETENTION_EXPIRED, RETENTION_OLDEST_AGE
 from runevents.store import RunEventStore
 
 DEFAULT_STEP: Final = 1000
 THREADS_PAGE: Final = 500
+BLOBS_PAGE: Final = 1000
+# Longer than any writer spends between writing a blob and its event (a put's wait included).
+DEFAULT_BLOB_GRACE: Final = timedelta(hours=1)
 
 
 @dataclass
@@ -34,16 +42,25 @@ class RetentionReport:
     steps: int = 0
     seconds: float = 0.0
     stopped: bool = False
+    blobs_collected: int = 0
+    # The oldest event left in a thread whose policy expires events (None: no such event).
+    oldest_kept: datetime | None = None
+    referenced: set[str] = field(default_factory=set, repr=False)
 
     def line(self) -> str:
         """One line saying it, for a log or the terminal."""
         rate = self.expired / self.seconds if self.seconds > 0 else 0.0
         how = "stopped after" if self.stopped else "done:"
-        return (
+        line = (
             f"retention {how} {self.threads:,} threads looked at, {self.expired:,} events expired from "
             f"{self.threads_expired:,} of them in {self.steps:,} steps, {self.seconds:.1f} s "
             f"({rate:,.0f} events/s)"
         )
+        if self.blobs_collected:
+            line += f", {self.blobs_collected:,} unreferenced blobs removed"
+        if self.oldest_kept is not None:
+            line += f"; oldest event kept under a limiting policy: {self.oldest_kept.isoformat()}"
+        return line
 
 
 async def apply_retention(
@@ -55,16 +72,21 @@ async def apply_retention(
     dry_run: bool = False,
     stop: asyncio.Event | None = None,
     progress: Callable[[RetentionReport], None] | None = None,
+    blob_grace: timedelta = DEFAULT_BLOB_GRACE,
 ) -> RetentionReport:
     """Expire from every thread of `store` what its policy no longer keeps at `now` (default: this moment):
-    the thread's own (`set_retention`), else `policy`.
+    the thread's own (`set_retention`), else `policy`; then, if the store keeps whole contents in a blob
+    store, remove the blobs no event points at that are older than `blob_grace`.
 
-    `dry_run` counts what would go and removes nothing. A set `stop` ends the run between two steps
-    (`stopped` says so). `progress` is called with the report after each thread that lost events.
+    `dry_run` counts what would go (unreferenced blobs of any age) and removes nothing. A set `stop`
+    ends the run between two steps (`stopped` says so). `progress` is called with the report after each
+    thread that lost events.
     """
     if not 1 <= step <= 10_000:
         raise ValueError(f"step must be from 1 to 10000 seqs, got {step}")
     moment = datetime.now(UTC) if now is None else now
+    began = datetime.now(UTC)
+    blobs = store.blobs
     report = RetentionReport()
     started = time.monotonic()
     after: str | None = None
@@ -72,7 +94,7 @@ async def apply_retention(
         while True:
             page = await store.list_thread_ids(after=after, limit=THREADS_PAGE)
             if not page:
-                return report
+                break
             for thread_id in page:
                 if stop is not None and stop.is_set():
                     report.stopped = True
@@ -86,9 +108,35 @@ async def apply_retention(
                         progress(report)
                 if report.stopped:
                     return report
+                if blobs is not None:
+                    report.referenced |= await store.blob_references(thread_id)
             after = page[-1]
+        if report.oldest_kept is not None:
+            RETENTION_OLDEST_AGE.set((moment - report.oldest_kept).total_seconds())
+        if blobs is not None:
+            await _collect_blobs(blobs, report, began - blob_grace, dry_run, stop)
+        return report
     finally:
         report.seconds = time.monotonic() - started
+
+
+async def _collect_blobs(
+    blobs: BlobStore, report: RetentionReport, cutoff: datetime, dry_run: bool, stop: asyncio.Event | None
+) -> None:
+    """Remove the blobs written before `cutoff` that no thread looked at points at."""
+    after: str | None = None
+    while page := await blobs.addresses(after=after, limit=BLOBS_PAGE):
+        for address in page:
+            if stop is not None and stop.is_set():
+                report.stopped = True
+                return
+            if address in report.referenced:
+                continue
+            if dry_run or await blobs.collect(address, written_before=cutoff):
+                report.blobs_collected += 1
+                if not dry_run:
+                    RETENTION_BLOBS_COLLECTED.inc()
+        after = page[-1]
 
 
 async def _expire_thread(
@@ -106,7 +154,12 @@ async def _expire_thread(
     policy = await store.get_retention(thread_id) or policy
     if policy.keeps_everything:
         return 0
-    seqs = expired_seqs(await store.retention_summaries(thread_id), policy, now)
+    summaries = await store.retention_summaries(thread_id)
+    seqs = expired_seqs(summaries, policy, now)
+    gone = set(seqs)
+    oldest = min((summary.created_at for summary in summaries if summary.seq not in gone), default=None)
+    if oldest is not None and (report.oldest_kept is None or oldest < report.oldest_kept):
+        report.oldest_kept = oldest
     if dry_run:
         report.expired += len(seqs)
         return len(seqs)

@@ -243,6 +243,16 @@ class RunEventStore(abc.ABC):
         check_id("thread_id", thread_id)
         return await self._summaries(thread_id)
 
+    @property
+    def blobs(self) -> BlobStore | None:
+        """The blob store that keeps the store's cut contents whole (None: it keeps only previews)."""
+        return self._blob_store()
+
+    async def blob_references(self, thread_id: str) -> set[str]:
+        """The addresses of the blobs the thread's events keep their whole contents in."""
+        check_id("thread_id", thread_id)
+        return await self._blob_references(thread_id)
+
     async def delete_by_run(self, thread_id: str, run_id: str) -> int:
         """Delete a run's records (the thread's seq goes on); return how many were removed."""
         # A missing run id is an error, never "every run": the check comes before any backend.
@@ -341,6 +351,10 @@ class RunEventStore(abc.ABC):
     @abc.abstractmethod
     async def _summaries(self, thread_id: str) -> list[Summary]:
         """`retention_summaries` of a checked id."""
+
+    @abc.abstractmethod
+    async def _blob_references(self, thread_id: str) -> set[str]:
+        """`blob_references` of a checked id."""
 
     @abc.abstractmethod
     async def _thread_ids(self, after: str | None, limit: int) -> list[str]:

@@ -81,6 +81,10 @@ class ThreadLogStore(RunEventStore):
         log = await self._read_log(thread_id)
         return log.summaries()
 
+    async def _blob_references(self, thread_id: str) -> set[str]:
+        log = await self._read_log(thread_id)
+        return log.blob_addresses()
+
     async def _event_by_id(self, thread_id: str, event_id: str) -> Record | None:
         log = await self._read_log(thread_id)
         return log.find(event_id)

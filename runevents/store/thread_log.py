@@ -15,6 +15,7 @@ from operator import attrgetter
 import orjson
 
 from runevents.events import MESSAGE_CATEGORY, Record, is_visible_ai_message, message_id_of, to_json
+from runevents.lifecycle.offload import blob_address
 from runevents.lifecycle.retention import Summary
 
 _seq = attrgetter("seq")
@@ -178,6 +179,16 @@ class ThreadLog:
             Summary(event.seq, event.run_id, event.category, datetime.fromisoformat(event.created_at))
             for event in self.events
         ]
+
+    def blob_addresses(self) -> set[str]:
+        """The addresses of the blobs the records point at."""
+        found = set()
+        for event in self.events:
+            if b'"content_blob"' in event.line:  # the few cut ones are the only ones decoded
+                address = blob_address(orjson.loads(event.line)["metadata"])
+                if address is not None:
+                    found.add(address)
+        return found
 
     def first_of_type(self, run_id: str, event_type: str) -> LoggedEvent | None:
         """The run's earliest record of an event type, if it has one."""

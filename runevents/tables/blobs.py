@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from sqlalchemy import delete, select
+from datetime import datetime
+
+from sqlalchemy import delete, func, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -21,7 +23,12 @@ class PostgresBlobStore(BlobStore):
             sha256=ref.sha256, size=ref.size, media_type=ref.media_type, data=data
         )
         async with self._engine.begin() as connection:
-            await connection.execute(statement.on_conflict_do_nothing(index_elements=[blobs.c.sha256]))
+            # Put again for a new event: as young as that event to the retention job's collection.
+            await connection.execute(
+                statement.on_conflict_do_update(
+                    index_elements=[blobs.c.sha256], set_={"created_at": func.now()}
+                )
+            )
 
     async def _get(self, sha256: str) -> bytes:
         async with self._engine.connect() as connection:
@@ -33,6 +40,13 @@ class PostgresBlobStore(BlobStore):
     async def _delete(self, sha256: str) -> bool:
         async with self._engine.begin() as connection:
             removed = await connection.execute(delete(blobs).where(blobs.c.sha256 == sha256))
+        return bool(removed.rowcount)
+
+    async def _collect(self, sha256: str, written_before: datetime) -> bool:
+        # One statement: a put again between a look at its age and the delete cannot be lost.
+        statement = delete(blobs).where(blobs.c.sha256 == sha256, blobs.c.created_at < written_before)
+        async with self._engine.begin() as connection:
+            removed = await connection.execute(statement)
         return bool(removed.rowcount)
 
     async def _addresses(self, after: str | None, limit: int) -> list[str]:

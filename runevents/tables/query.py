@@ -22,6 +22,7 @@ from runevents.events import (
     Record,
     utc_iso,
 )
+from runevents.lifecycle.offload import blob_address
 from runevents.lifecycle.retention import Summary
 from runevents.store.base import RunEventStore
 from runevents.store.subscriptions import Doorbell, SharedReads, watching
@@ -195,6 +196,14 @@ class ReadTablesStore(RunEventStore):
             Summary(seq, run_id, category, at if at.tzinfo is not None else at.replace(tzinfo=UTC))
             for seq, run_id, category, at in rows
         ]
+
+    async def _blob_references(self, thread_id: str) -> set[str]:
+        rows = await self._rows(
+            select(_e["metadata"]).where(
+                _e.thread_id == thread_id, _e["metadata"].contains('"content_blob"', autoescape=True)
+            )
+        )
+        return {address for (text,) in rows if (address := blob_address(orjson.loads(text))) is not None}
 
     async def _rows(self, statement: Select[Any]) -> list[Any]:
         await self._ready()

@@ -1,0 +1,183 @@
+"""The retention job removes the blobs no event points at any more, and never one that is still wanted."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import update
+
+from runevents.bus.projector import Projector
+from runevents.bus.store import BusRunEventStore
+from runevents.bus.topic import create_topic
+from runevents.lifecycle.blobs import BlobMissingError, BlobStore, FileBlobStore
+from runevents.lifecycle.retention import parse_policy
+from runevents.metrics import RETENTION_OLDEST_AGE
+from runevents.ops.retention import apply_retention
+from runevents.store import RunEventStore
+from runevents.store.jsonl import JsonlRunEventStore
+from runevents.store.memory import MemoryRunEventStore
+from runevents.tables.blobs import PostgresBlobStore
+from runevents.tables.migrate import upgrade_async
+from runevents.tables.schema import blobs as blobs_table
+from runevents.tables.sql import SqlRunEventStore, engine_for
+from tests.bus.conftest import running
+
+LIMIT = 100
+NOW = datetime.now(UTC)
+OLD = (NOW - timedelta(days=40)).isoformat()
+POLICY = parse_policy("max_age=30d")
+
+
+@pytest.fixture(params=["memory", "jsonl", "sqlite", "postgresql", "bus"])
+async def store(
+    request: pytest.FixtureRequest, tmp_path: Path, pg_database: str
+) -> AsyncIterator[RunEventStore]:
+    """A store of each backend whose traces over LIMIT bytes are kept whole in a blob store."""
+    files = FileBlobStore(tmp_path / "blobs", fsync=False)
+    if request.param == "memory":
+        yield MemoryRunEventStore(max_trace_content=LIMIT, blobs=files)
+        return
+    if request.param == "jsonl":
+        jsonl = JsonlRunEventStore(tmp_path / "jsonl", max_trace_content=LIMIT, blobs=files)
+        yield jsonl
+        await jsonl.close()
+        return
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'read.db'}"
+        await upgrade_async(url)
+        sqlite = SqlRunEventStore(url, max_trace_content=LIMIT, blobs=files)
+        yield sqlite
+        await sqlite.close()
+        return
+    await upgrade_async(pg_database)
+    engine = engine_for(pg_database)
+    try:
+        if request.param == "postgresql":
+            sql = SqlRunEventStore(pg_database, max_trace_content=LIMIT, blobs=PostgresBlobStore(engine))
+            yield sql
+            await sql.close()
+            return
+        kafka: str = request.getfixturevalue("kafka_bootstrap")
+        topic = f"collect-{uuid.uuid4().hex[:12]}"
+        assert await create_topic(kafka, topic, partitions=2)
+        bus = BusRunEventStore(
+            kafka, pg_database, topic=topic, max_trace_content=LIMIT, blobs=PostgresBlobStore(engine)
+        )
+        async with running(Projector(kafka, pg_database, topic=topic, partitions=[0, 1])):
+            yield bus
+        await bus.close()
+    finally:
+        await engine.dispose()
+
+
+def _trace(thread_id: str, text: str, created_at: str | None = None) -> dict[str, Any]:
+    event = {"thread_id": thread_id, "run_id": "r1", "event_type": "tool.result", "category": "trace",
+             "content": text * 50}  # fmt: skip
+    if created_at is not None:
+        event["created_at"] = created_at
+    return event
+
+
+async def _addresses(blobs: BlobStore) -> set[str]:
+    return set(await blobs.addresses(limit=1000))
+
+
+async def test_blobs_no_event_points_at_are_collected_and_the_others_kept(store: RunEventStore) -> None:
+    blobs = store.blobs
+    assert blobs is not None
+    expired = await store.put(**_trace("t1", "expired ", OLD))
+    kept = await store.put(**_trace("t1", "kept "))
+    shared_old = await store.put(**_trace("t1", "shared ", OLD))
+    shared_new = await store.put(**_trace("t3", "shared "))  # the same content: one blob, two events
+    deleted = await store.put(**_trace("t2", "deleted "))
+    orphan = (await blobs.put(b"written, and its event never came", "text/plain")).sha256
+
+    def address(record: dict[str, Any]) -> str:
+        found: str = record["metadata"]["content_blob"]["sha256"]
+        return found
+
+    assert address(shared_old) == address(shared_new)
+    await store.delete_by_thread("t2")
+    # Everything was written a moment ago: inside the grace, nothing goes.
+    report = await apply_retention(store, POLICY, now=NOW)
+    assert report.expired == 2
+    assert report.blobs_collected == 0
+    assert await _addresses(blobs) == {address(r) for r in (expired, kept, shared_new, deleted)} | {orphan}
+    # A dry run counts the unreferenced ones and removes nothing.
+    dry = await apply_retention(store, POLICY, now=NOW, dry_run=True, blob_grace=timedelta(0))
+    assert dry.blobs_collected == 3
+    assert len(await _addresses(blobs)) == 5
+    report = await apply_retention(store, POLICY, now=NOW, blob_grace=timedelta(0))
+    assert report.blobs_collected == 3
+    assert "3 unreferenced blobs removed" in report.line()
+    assert await _addresses(blobs) == {address(kept), address(shared_new)}
+    assert await store.get_full_content("t1", kept["event_id"]) == "kept " * 50
+    assert await store.get_full_content("t3", shared_new["event_id"]) == "shared " * 50
+    with pytest.raises(BlobMissingError):
+        await blobs.get(orphan)
+
+
+async def test_the_oldest_event_a_limiting_policy_kept_is_said_and_measured(store: RunEventStore) -> None:
+    ten_days = NOW - timedelta(days=10)
+    await store.put_batch(
+        [
+            {
+                "thread_id": "t1",
+                "run_id": "r1",
+                "event_type": "e",
+                "category": "trace",
+                "content": "x",
+                "created_at": at.isoformat(),
+            }
+            for at in (NOW - timedelta(days=50), ten_days, NOW - timedelta(days=1))
+        ]
+    )
+    report = await apply_retention(store, POLICY, now=NOW)
+    assert report.expired == 1
+    assert report.oldest_kept == ten_days
+    assert f"oldest event kept under a limiting policy: {ten_days.isoformat()}" in report.line()
+    assert RETENTION_OLDEST_AGE._value.get() == pytest.approx(timedelta(days=10).total_seconds())
+
+
+async def test_a_blob_put_again_is_young_again_and_a_collection_of_it_is_refused(
+    tmp_path: Path, pg_database: str
+) -> None:
+    await upgrade_async(pg_database)
+    engine = engine_for(pg_database)
+    files = FileBlobStore(tmp_path / "blobs", fsync=False)
+    tables = PostgresBlobStore(engine)
+    try:
+        for blobs in (files, tables):
+            ref = await blobs.put(b"an old blob", "text/plain")
+            await _age(blobs, ref.sha256, days=2)
+            cutoff = datetime.now(UTC) - timedelta(days=1)
+            await blobs.put(b"an old blob", "text/plain")  # a new event points at it
+            assert not await blobs.collect(ref.sha256, written_before=cutoff)
+            assert await blobs.get(ref.sha256) == b"an old blob"
+            await _age(blobs, ref.sha256, days=2)
+            assert await blobs.collect(ref.sha256, written_before=cutoff)
+            assert not await blobs.collect(ref.sha256, written_before=cutoff)  # gone already
+    finally:
+        await engine.dispose()
+
+
+async def _age(blobs: BlobStore, sha256: str, *, days: int) -> None:
+    """Make the blob at `sha256` look written `days` ago."""
+    if isinstance(blobs, FileBlobStore):
+        then = time.time() - days * 86_400
+        os.utime(blobs.directory / sha256[:2] / sha256, (then, then))
+        return
+    assert isinstance(blobs, PostgresBlobStore)
+    async with blobs._engine.begin() as connection:
+        await connection.execute(
+            update(blobs_table)
+            .where(blobs_table.c.sha256 == sha256)
+            .values(created_at=datetime.now(UTC) - timedelta(days=days))
+        )
