@@ -16,7 +16,7 @@ from runevents.cli.store_url import StoreUrlOption, store_url
 from runevents.cli.support import log_to_stderr, mask, run_or_fail, settings_of, stop_on_signals
 from runevents.errors import RunEventsError
 from runevents.lifecycle.retention import InvalidRetentionPolicyError, RetentionPolicy, parse_policy
-from runevents.ops.retention import DEFAULT_STEP, RetentionReport, apply_retention
+from runevents.ops.retention import DEFAULT_BLOB_GRACE, DEFAULT_STEP, RetentionReport, apply_retention
 from runevents.settings import Settings
 from runevents.store import RunEventStore, open_store
 from runevents.tables.schema import projection_offsets
@@ -139,31 +139,52 @@ def apply(
         bool, typer.Option("--dry-run", help="Count what would expire; remove nothing.")
     ] = False,
     bus: BusOption = False,
+    blob_grace_s: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="With a blob store (blobs= in the store's URL): blobs no event points at are removed "
+            "once this old (a blob is written before its event).",
+        ),
+    ] = int(DEFAULT_BLOB_GRACE.total_seconds()),
 ) -> None:
     """Expire from every thread what the policy no longer keeps, in bounded steps; safe to stop and rerun.
 
     Progress goes to stderr, a thread a line, and the summary last. On the bus give the topic's URL
     (--store kafka://...): expiry is written to the log, so a replay keeps it; the read tables of a
-    projection are refused. Exit status: 0 done (or stopped by SIGTERM/Ctrl-C), 1 error.
+    projection are refused. A store with a blob store also loses the blobs no event points at any more.
+    Exit status: 0 done (or stopped by SIGTERM/Ctrl-C), 1 error.
     """
     settings = settings_of()
     chosen = _parsed(settings.retention if policy is None else policy, "--policy")
     opening, shown = _store(store, bus, settings)
     log_to_stderr(settings.log_level)
     log.info("applying %s to %s", chosen.text(), shown)
-    report = run_or_fail(_apply(opening, chosen, step, every, dry_run), settings)
+    grace = timedelta(seconds=blob_grace_s)
+    report = run_or_fail(_apply(opening, chosen, step, every, dry_run, grace), settings)
     typer.echo(report.line())
 
 
 async def _apply(
-    opening: Callable[[], RunEventStore], policy: RetentionPolicy, step: int, every: int | None, dry_run: bool
+    opening: Callable[[], RunEventStore],
+    policy: RetentionPolicy,
+    step: int,
+    every: int | None,
+    dry_run: bool,
+    blob_grace: timedelta,
 ) -> RetentionReport:
     stop = stop_on_signals()
     async with opening() as opened:
         await _refuse_projection(opened)
         while True:
             report = await apply_retention(
-                opened, policy, step=step, dry_run=dry_run, stop=stop, progress=_progress
+                opened,
+                policy,
+                step=step,
+                dry_run=dry_run,
+                stop=stop,
+                progress=_progress,
+                blob_grace=blob_grace,
             )
             if every is None or report.stopped:
                 return report
