@@ -22,7 +22,7 @@ from aiokafka.errors import KafkaError, KafkaTimeoutError, UnknownError
 from runevents.bus.clients import start_fully
 from runevents.bus.names import DEFAULT_TOPIC
 from runevents.bus.record_batches import Outgoing, PartitionBatches, framed_size, headers_size
-from runevents.bus.topic import max_message_bytes
+from runevents.bus.topic import log_offsets, max_message_bytes
 from runevents.errors import InvalidEventError, RunEventsError
 from runevents.events import (
     DELETE_RUN,
@@ -146,6 +146,12 @@ class EventProducer:
         self._starting = asyncio.Lock()
         self._batches: PartitionBatches | None = None
         self._put_headers: dict[tuple[str, str], tuple[list[tuple[str, bytes]], int]] = {}
+
+    async def log_ends(self) -> dict[int, int]:
+        """Each partition's next offset to be written on the topic, as the brokers say now."""
+        return await log_offsets(
+            self._bootstrap_servers, self.topic, "end", client_options=self._client_options
+        )
 
     @property
     def max_message_bytes(self) -> int | None:

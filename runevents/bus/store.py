@@ -195,6 +195,13 @@ class BusRunEventStore(ReadTablesStore):
             self._watcher.forget(ids)
         return [make_record(event, seqs[event.event_id]) for event in prepared]
 
+    async def caught_up(self) -> None:
+        """Return once the projection has applied every record the topic held when called."""
+        ends = await self._producer.log_ends()
+        positions = {partition: end - 1 for partition, end in ends.items() if end > 0}
+        if positions:
+            await self._watcher.wait(positions, self._wait_timeout_s)
+
     async def _ready_to_publish(self) -> None:
         """Check the read tables before publishing, so a write that cannot be read back is not sent."""
         try:
@@ -329,7 +336,7 @@ class BusRunEventStore(ReadTablesStore):
 
 
 def open_url(url: StoreUrl) -> BusRunEventStore:
-    """A bus store for `kafka://brokers/topic?database=<percent-encoded URL>&projection=&schema=`."""
+    """A bus store for `kafka://brokers/topic?database=<percent-encoded URL>&projection=&schema=&blobs=`."""
     database = url.pop("database")
     if not url.parts.netloc or not database:
         raise url.error(
@@ -339,8 +346,9 @@ def open_url(url: StoreUrl) -> BusRunEventStore:
     topic = url.parts.path.strip("/") or DEFAULT_TOPIC
     projection = url.pop("projection", DEFAULT_PROJECTION) or DEFAULT_PROJECTION
     schema = url.pop("schema")
+    blobs = url.blobs()
     url.refuse_unknown()
-    return BusRunEventStore(
+    store = BusRunEventStore(
         url.parts.netloc,
         database,
         topic=topic,
@@ -350,3 +358,8 @@ def open_url(url: StoreUrl) -> BusRunEventStore:
         if url.max_trace_content is None
         else url.max_trace_content,
     )
+    if blobs is not None:
+        # Opened once the store is: the blobs table is read through the store's own engine (one pool,
+        # disposed with the store). The URL was checked above, before anything was made.
+        store._blobs = blobs.open(store._engine)
+    return store

@@ -14,16 +14,20 @@ a blob is written before its event, and a writer may be between the two.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
+from runevents.bus.read_your_writes import ProjectionTimeout
 from runevents.lifecycle.blobs import BlobStore
 from runevents.lifecycle.retention import RetentionPolicy, expired_seqs
 from runevents.metrics import RETENTION_BLOBS_COLLECTED, RETENTION_EXPIRED, RETENTION_OLDEST_AGE
 from runevents.store import RunEventStore
+
+log = logging.getLogger(__name__)
 
 DEFAULT_STEP: Final = 1000
 THREADS_PAGE: Final = 500
@@ -43,6 +47,8 @@ class RetentionReport:
     seconds: float = 0.0
     stopped: bool = False
     blobs_collected: int = 0
+    # The projection was behind the topic: which blobs are referenced could not be known this run.
+    blobs_skipped: bool = False
     # The oldest event left in a thread whose policy expires events (None: no such event).
     oldest_kept: datetime | None = None
     referenced: set[str] = field(default_factory=set, repr=False)
@@ -58,6 +64,8 @@ class RetentionReport:
         )
         if self.blobs_collected:
             line += f", {self.blobs_collected:,} unreferenced blobs removed"
+        if self.blobs_skipped:
+            line += ", no blobs collected (the projection was behind the topic)"
         if self.oldest_kept is not None:
             line += f"; oldest event kept under a limiting policy: {self.oldest_kept.isoformat()}"
         return line
@@ -90,6 +98,14 @@ async def apply_retention(
     report = RetentionReport()
     started = time.monotonic()
     after: str | None = None
+    if blobs is not None:
+        # On the bus, an event published (its blob written) but not yet projected would be missed by
+        # the walk: the walk starts once the projection has everything published before the run.
+        try:
+            await store.caught_up()
+        except ProjectionTimeout as exc:
+            log.warning("not collecting blobs this run: %s", exc)
+            report.blobs_skipped = True
     try:
         while True:
             page = await store.list_thread_ids(after=after, limit=THREADS_PAGE)
@@ -108,12 +124,12 @@ async def apply_retention(
                         progress(report)
                 if report.stopped:
                     return report
-                if blobs is not None:
+                if blobs is not None and not report.blobs_skipped:
                     report.referenced |= await store.blob_references(thread_id)
             after = page[-1]
         if report.oldest_kept is not None:
             RETENTION_OLDEST_AGE.set((moment - report.oldest_kept).total_seconds())
-        if blobs is not None:
+        if blobs is not None and not report.blobs_skipped:
             await _collect_blobs(blobs, report, began - blob_grace, dry_run, stop)
         return report
     finally:

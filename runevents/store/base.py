@@ -243,6 +243,10 @@ class RunEventStore(abc.ABC):
         check_id("thread_id", thread_id)
         return await self._summaries(thread_id)
 
+    async def caught_up(self) -> None:
+        """Return once every write acknowledged before the call can be read (at once, but on the bus)."""
+        return None  # a write is readable once it returns, but where a projector applies it later
+
     @property
     def blobs(self) -> BlobStore | None:
         """The blob store that keeps the store's cut contents whole (None: it keeps only previews)."""

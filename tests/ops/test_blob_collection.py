@@ -181,3 +181,34 @@ async def _age(blobs: BlobStore, sha256: str, *, days: int) -> None:
             .where(blobs_table.c.sha256 == sha256)
             .values(created_at=datetime.now(UTC) - timedelta(days=days))
         )
+
+
+async def test_on_the_bus_blobs_are_collected_only_once_the_projection_has_everything_published(
+    kafka_bootstrap: str, pg_database: str, tmp_path: Path
+) -> None:
+    await upgrade_async(pg_database)
+    topic = f"collect-{uuid.uuid4().hex[:12]}"
+    assert await create_topic(kafka_bootstrap, topic, partitions=1)
+    files = FileBlobStore(tmp_path / "blobs", fsync=False)
+    store = BusRunEventStore(
+        kafka_bootstrap, pg_database, topic=topic, max_trace_content=LIMIT, blobs=files, wait_timeout_s=2
+    )
+    try:
+        # Published, its blob written, but no projector has applied it: the walk could not see it.
+        (published,) = await store.publish_batch([_trace("t1", "unprojected ")])
+        (address,) = await _addresses(files)
+        report = await apply_retention(store, POLICY, now=NOW, blob_grace=timedelta(0))
+        assert report.blobs_skipped
+        assert report.blobs_collected == 0
+        assert "no blobs collected (the projection was behind the topic)" in report.line()
+        assert await _addresses(files) == {address}
+        orphan = (await files.put(b"no event points here", "text/plain")).sha256
+        async with running(Projector(kafka_bootstrap, pg_database, topic=topic, partitions=[0])):
+            report = await apply_retention(store, POLICY, now=NOW, blob_grace=timedelta(0))
+            assert not report.blobs_skipped
+            assert report.blobs_collected == 1
+            assert await _addresses(files) == {address}
+            assert await store.get_full_content("t1", published.event_id) == "unprojected " * 50
+        assert orphan not in await _addresses(files)
+    finally:
+        await store.close()
