@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from runevents.bus.store import BusRunEventStore as _BusStore
 from runevents.deerflow.config import DEERFLOW_MAX_TRACE_CONTENT, DEFAULT_SCHEMA, ConfigError
 from runevents.deerflow.store import DeerFlowRunEventStore
 from runevents.deerflow.users import Users
+from runevents.lifecycle.blobs import BlobStore
 from runevents.store import JsonlRunEventStore as _JsonlStore
 from runevents.store import MemoryRunEventStore as _MemoryStore
 from runevents.tables import migrate
@@ -25,7 +27,11 @@ SQLITE_FILE_NAME = "runevents.db"  # beside deer-flow's own SQLite file, whose r
 
 
 class MemoryRunEventStore(DeerFlowRunEventStore):
-    """deer-flow's `MemoryRunEventStore()`: runevents' memory store, scoped to deer-flow's current user."""
+    """deer-flow's `MemoryRunEventStore()`: runevents' memory store, scoped to deer-flow's current user.
+
+    Beyond deer-flow's arguments, every class takes runevents' `blobs` and `offload_over`: where cut
+    contents are kept whole (`get_full_content`), and which categories are cut past which size.
+    """
 
     def __init__(
         self,
@@ -33,10 +39,11 @@ class MemoryRunEventStore(DeerFlowRunEventStore):
         max_trace_content: int | None = None,
         content_markers: bool = False,
         users: Users | None = None,
+        blobs: BlobStore | None = None,
+        offload_over: Mapping[str, int] | None = None,
     ) -> None:
-        super().__init__(
-            _MemoryStore(max_trace_content=max_trace_content), users=users, content_markers=content_markers
-        )
+        store = _MemoryStore(max_trace_content=max_trace_content, blobs=blobs, offload_over=offload_over)
+        super().__init__(store, users=users, content_markers=content_markers)
 
 
 class JsonlRunEventStore(DeerFlowRunEventStore):
@@ -49,9 +56,14 @@ class JsonlRunEventStore(DeerFlowRunEventStore):
         max_trace_content: int | None = None,
         content_markers: bool = False,
         users: Users | None = None,
+        blobs: BlobStore | None = None,
+        offload_over: Mapping[str, int] | None = None,
     ) -> None:
         store = _JsonlStore(
-            Path(base_dir) if base_dir else Path(".deer-flow"), max_trace_content=max_trace_content
+            Path(base_dir) if base_dir else Path(".deer-flow"),
+            max_trace_content=max_trace_content,
+            blobs=blobs,
+            offload_over=offload_over,
         )
         super().__init__(store, users=users, content_markers=content_markers)
 
@@ -74,11 +86,17 @@ class DbRunEventStore(DeerFlowRunEventStore):
         migrate: bool = True,
         content_markers: bool = True,
         users: Users | None = None,
+        blobs: BlobStore | None = None,
+        offload_over: Mapping[str, int] | None = None,
     ) -> None:
         url = runevents_database(session_factory)
         on_postgresql = make_url(url).get_backend_name() == "postgresql"
         store = SqlRunEventStore(
-            url, schema=schema if on_postgresql else None, max_trace_content=max_trace_content
+            url,
+            schema=schema if on_postgresql else None,
+            max_trace_content=max_trace_content,
+            blobs=blobs,
+            offload_over=offload_over,
         )
         prepare = None
         if migrate:

@@ -351,6 +351,10 @@ class DeerFlowRunEventStore(RunEventStore):
     def _blob_store(self) -> BlobStore | None:
         return self.store._blob_store()
 
+    async def caught_up(self) -> None:
+        """Return once every write acknowledged before the call can be read (the store's own wait)."""
+        await self.store.caught_up()
+
     async def _set_retention(self, thread_id: str, policy: dict[str, Any] | None) -> None:
         await self._ready()
         await self.store._set_retention(thread_id, policy)
