@@ -9,13 +9,23 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from runevents.lifecycle.blobs import BlobMissingError, BlobRef, BlobStore
+from runevents.names import check_identifier
 from runevents.tables.schema import blobs
 
 
 class PostgresBlobStore(BlobStore):
-    """Blobs as rows of the `blobs` table (bytea), in the database and schema of the engine's read tables."""
+    """Blobs as rows of the `blobs` table (bytea), in the engine's database: in `schema`, else in the
+    schema of the engine's read tables.
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    On the bus, give a schema no projection lives in (as `blobs=table` in a kafka:// URL does: public):
+    the topic's records point at the blobs, and a replay into a new schema, a promotion or a dropped
+    projection must not take them away.
+    """
+
+    def __init__(self, engine: AsyncEngine, *, schema: str | None = None) -> None:
+        if schema is not None:
+            # The same pool, its statements' `blobs` read as `<schema>.blobs`.
+            engine = engine.execution_options(schema_translate_map={None: check_identifier("schema", schema)})
         self._engine = engine
 
     async def _put(self, ref: BlobRef, data: bytes) -> None:

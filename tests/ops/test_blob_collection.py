@@ -212,3 +212,20 @@ async def test_on_the_bus_blobs_are_collected_only_once_the_projection_has_every
         assert orphan not in await _addresses(files)
     finally:
         await store.close()
+
+
+async def test_a_blob_table_in_a_schema_of_its_own_is_not_the_projection_s(pg_database: str) -> None:
+    await upgrade_async(pg_database)
+    await upgrade_async(pg_database, schema="projection_2")
+    engine = engine_for(pg_database, schema="projection_2")
+    public = engine_for(pg_database)
+    try:
+        outside = PostgresBlobStore(engine, schema="public")
+        ref = await outside.put(b"kept outside the projection", "text/plain")
+        assert await PostgresBlobStore(public).get(ref.sha256) == b"kept outside the projection"
+        with pytest.raises(BlobMissingError):
+            await PostgresBlobStore(engine).get(ref.sha256)
+        assert await outside.collect(ref.sha256, written_before=datetime.now(UTC) + timedelta(minutes=1))
+    finally:
+        await engine.dispose()
+        await public.dispose()
