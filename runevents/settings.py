@@ -28,6 +28,12 @@ from sqlalchemy.exc import ArgumentError
 
 from runevents.bus.names import DEFAULT_PROJECTION, DEFAULT_TOPIC
 from runevents.errors import RunEventsError, UnsupportedDatabaseError
+from runevents.lifecycle.blob_urls import (
+    BUS_BLOB_SCHEMA,
+    InvalidBlobUrlError,
+    open_blob_store,
+    parse_blob_url,
+)
 from runevents.lifecycle.retention import parse_policy
 from runevents.masking import mask_secrets
 from runevents.names import InvalidNameError, check_identifier, check_topic
@@ -108,6 +114,21 @@ class Settings(BaseSettings):
         default="forever",
         description="Default policy of `runevents retention apply`: max_age=90d; trace: max_age=7d, ...",
     )
+    blobs: str | None = Field(
+        default=None,
+        description="Where a bus store keeps cut contents whole: table, file:///dir or s3://bucket/prefix/",
+    )
+
+    @field_validator("blobs")
+    @classmethod
+    def _check_blobs(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            parse_blob_url(value)
+        except InvalidBlobUrlError as error:
+            raise ValueError(error.problem) from None  # the problem only: a message never shows a value
+        return value
 
     @field_validator("retention")
     @classmethod
@@ -272,11 +293,11 @@ class Settings(BaseSettings):
         return options
 
     def bus_store(self, **options: Any) -> BusRunEventStore:
-        """A bus store on these settings' servers, topic, projection and schema, TLS and SASL included."""
+        """A bus store on these settings' servers, topic, projection, schema, blobs, TLS and SASL."""
         from runevents.bus.store import BusRunEventStore  # aiokafka and asyncpg load only for the bus
 
         producer_options = {"client_options": self.kafka_options(), **options.pop("producer_options", {})}
-        return BusRunEventStore(
+        store = BusRunEventStore(
             self.bootstrap_servers(),
             self.database(),
             topic=self.topic,
@@ -285,6 +306,11 @@ class Settings(BaseSettings):
             producer_options=producer_options,
             **options,
         )
+        if self.blobs is not None and options.get("blobs") is None:
+            # Opened once the store is: the blobs table is read through the store's own engine (one
+            # pool, disposed with the store), outside the projection's schema.
+            store._blobs = open_blob_store(self.blobs, engine=store._engine, schema=BUS_BLOB_SCHEMA)
+        return store
 
     def shown(self) -> dict[str, str]:
         """Every setting as `runevents config` prints it: secrets masked, the URL's passwords too."""

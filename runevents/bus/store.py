@@ -32,6 +32,7 @@ from runevents.events import (
     prepare_event,
     prepare_events,
 )
+from runevents.lifecycle.blob_urls import BUS_BLOB_SCHEMA
 from runevents.lifecycle.blobs import BlobStore
 from runevents.lifecycle.offload import OVERSIZE_PREVIEW_BYTES, PreviewFor, offload, offload_sizes
 from runevents.metrics import READ_YOUR_WRITES_SEQS
@@ -360,6 +361,6 @@ def open_url(url: StoreUrl) -> BusRunEventStore:
     )
     if blobs is not None:
         # Opened once the store is: the blobs table is read through the store's own engine (one pool,
-        # disposed with the store). The URL was checked above, before anything was made.
-        store._blobs = blobs.open(store._engine)
+        # disposed with the store), outside the projection's schema. The URL was checked above.
+        store._blobs = blobs.open(store._engine, schema=BUS_BLOB_SCHEMA)
     return store

@@ -315,17 +315,23 @@ class SqlRunEventStore(ReadTablesStore):
 
 
 def open_url(url: StoreUrl) -> SqlRunEventStore:
-    """A sql store for a PostgreSQL or SQLite URL (options: `schema`, libpq's TLS parameters)."""
+    """A sql store for a PostgreSQL or SQLite URL (options: `schema`, `blobs`, libpq's TLS parameters)."""
     schema = url.pop("schema")
     # The TLS parameters stay in the URL the engine reads (see engine_for); anything else is open_store's.
     tls = {key: value for key in LIBPQ_TLS if (value := url.pop(key)) is not None}
     # Not urlunsplit: it folds sqlite:////abs/path (no host) into sqlite://abs/path.
     database_url = url.url.split("?", 1)[0] + (f"?{urlencode(tls)}" if tls else "")
+    blobs = url.blobs()
     url.refuse_unknown()
-    return SqlRunEventStore(
+    store = SqlRunEventStore(
         database_url,
         schema=schema,
         max_trace_content=DEFAULT_MAX_TRACE_CONTENT
         if url.max_trace_content is None
         else url.max_trace_content,
     )
+    if blobs is not None:
+        # Opened once the store is: the blobs table is read through the store's own engine (one pool,
+        # disposed with the store). The URL was checked above, before anything was made.
+        store._blobs = blobs.open(store.engine)
+    return store

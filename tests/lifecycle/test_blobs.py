@@ -1,28 +1,41 @@
-"""Blob stores (files, PostgreSQL): content-addressed, written whole, checked on every read."""
+"""Blob stores (files, PostgreSQL, S3): content-addressed, written whole, checked on every read."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import re
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import update
 
+from runevents.devstack.s3 import REGION, LocalS3
 from runevents.lifecycle.blobs import BlobDamagedError, BlobMissingError, BlobStore, FileBlobStore
+from runevents.lifecycle.s3blobs import S3BlobStore
 from runevents.tables.blobs import PostgresBlobStore
 from runevents.tables.migrate import upgrade_async
 from runevents.tables.schema import blobs
 from runevents.tables.sql import engine_for
 
 
-@pytest.fixture(params=["files", "postgresql"])
+@pytest.fixture(params=["files", "postgresql", "s3"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path, pg_database: str) -> AsyncIterator[BlobStore]:
     """A blob store of each kind, empty."""
     if request.param == "files":
         yield FileBlobStore(tmp_path / "blobs")
+        return
+    if request.param == "s3":
+        request.getfixturevalue("s3_credentials")
+        server: LocalS3 = request.getfixturevalue("local_s3")
+        # A prefix of each test's own in the session's bucket: empty, whatever other tests left.
+        s3 = S3BlobStore(
+            server.bucket, prefix=f"test-{uuid.uuid4().hex}/", endpoint_url=server.endpoint, region=REGION
+        )
+        yield s3
+        await s3.close()
         return
     await upgrade_async(pg_database)
     engine = engine_for(pg_database)
@@ -61,6 +74,10 @@ async def test_a_blob_damaged_where_it_is_kept_is_an_error_not_a_wrong_content(
     ref = await store.put(b"the whole tool output", "text/plain")
     if isinstance(store, FileBlobStore):
         (store.directory / ref.sha256[:2] / ref.sha256).write_bytes(b"the whole tool outpux")
+    elif isinstance(store, S3BlobStore):
+        client = await asyncio.to_thread(store._client)
+        key, damaged = store.prefix + ref.sha256, b"the whole tool outpux"
+        await asyncio.to_thread(client.put_object, Bucket=store.bucket, Key=key, Body=damaged)
     else:
         assert isinstance(store, PostgresBlobStore)
         async with store._engine.begin() as connection:
