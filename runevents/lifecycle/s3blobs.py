@@ -15,6 +15,7 @@ import sys
 import threading
 import weakref
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, Final, TypeVar
 
 from runevents.errors import RunEventsError
@@ -133,7 +134,20 @@ class S3BlobStore(BlobStore):
 
     async def _put(self, ref: BlobRef, data: bytes) -> None:
         if await self._exists(ref.sha256):
-            return  # content-addressed: what is there holds these very bytes (get checks it)
+            # Content-addressed: what is there holds these very bytes (get checks it). Copied onto itself
+            # (no bytes sent): a blob put again for a new event is as young as that event to the
+            # retention job's collection.
+            await self._call(
+                f"touch of blob {ref.sha256}",
+                lambda client: client.copy_object(
+                    Bucket=self.bucket,
+                    Key=self._key(ref.sha256),
+                    CopySource={"Bucket": self.bucket, "Key": self._key(ref.sha256)},
+                    MetadataDirective="REPLACE",
+                    ContentType=ref.media_type,
+                ),
+            )
+            return
         # One PUT is atomic in S3: a reader sees no object or all of it.
         await self._call(
             f"PUT of blob {ref.sha256}",
@@ -158,6 +172,26 @@ class S3BlobStore(BlobStore):
     async def _delete(self, sha256: str) -> bool:
         # S3 answers a DELETE the same whether the object was there: HEAD says whether it was.
         if not await self._exists(sha256):
+            return False
+        await self._call(
+            f"DELETE of blob {sha256}",
+            lambda client: client.delete_object(Bucket=self.bucket, Key=self._key(sha256)),
+        )
+        return True
+
+    async def _collect(self, sha256: str, written_before: datetime) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            head = await self._call(
+                f"HEAD of blob {sha256}",
+                lambda client: client.head_object(Bucket=self.bucket, Key=self._key(sha256)),
+            )
+        except ClientError:  # only a 404 gets here (_run)
+            return False
+        # Not one request, as the table's is: a put again between the look and the delete (a window
+        # of one round trip, after the blob went unreferenced for the whole grace) would be lost.
+        if head["LastModified"] >= written_before:
             return False
         await self._call(
             f"DELETE of blob {sha256}",

@@ -1,4 +1,5 @@
-"""What only the S3 blob store does: its prefix, its optional boto3, and service errors without secrets."""
+"""What only the S3 blob store does: its prefix, its collection by age, its optional boto3, and service
+errors without secrets."""
 
 from __future__ import annotations
 
@@ -6,11 +7,12 @@ import asyncio
 import re
 import sys
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from runevents.devstack.s3 import REGION, LocalS3
-from runevents.lifecycle.blobs import address_of
+from runevents.lifecycle.blobs import BlobMissingError, address_of
 from runevents.lifecycle.s3blobs import INSTALL_HINT, S3BlobStore, S3BlobStoreError, S3DependencyMissingError
 
 
@@ -76,3 +78,23 @@ def test_without_boto3_the_error_says_what_to_install(monkeypatch: pytest.Monkey
     with pytest.raises(S3DependencyMissingError, match=re.escape(f"needs boto3: {INSTALL_HINT}")):
         S3BlobStore("bucket")
     assert INSTALL_HINT == "pip install 'runevents[s3]'"
+
+
+async def test_a_blob_is_collected_only_when_older_than_asked_and_a_put_again_makes_it_young(
+    local_s3: LocalS3, s3_credentials: str
+) -> None:
+    store = _store(local_s3, f"collect-{uuid.uuid4().hex}/")
+    try:
+        ref = await store.put(b"an unreferenced blob", "text/plain")
+        assert not await store.collect(ref.sha256, written_before=datetime.now(UTC) - timedelta(hours=1))
+        await asyncio.sleep(1.1)  # S3 keeps whole seconds
+        cutoff = datetime.now(UTC).replace(microsecond=0)
+        await store.put(b"an unreferenced blob", "text/plain")  # a new event points at it
+        assert not await store.collect(ref.sha256, written_before=cutoff)
+        assert await store.get(ref.sha256) == b"an unreferenced blob"
+        assert await store.collect(ref.sha256, written_before=datetime.now(UTC) + timedelta(minutes=1))
+        assert not await store.collect(ref.sha256, written_before=datetime.now(UTC) + timedelta(minutes=1))
+        with pytest.raises(BlobMissingError):
+            await store.get(ref.sha256)
+    finally:
+        await store.close()
