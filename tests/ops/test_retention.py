@@ -141,6 +141,40 @@ def test_the_command_expires_a_jsonl_store_and_says_what_it_did(tmp_path: Path) 
     assert asyncio.run(read()) == ([2], [])
 
 
+def test_the_command_collects_the_blobs_of_a_store_url_s_blob_store(tmp_path: Path) -> None:
+    blobs = tmp_path / "blobs"
+    url = f"jsonl://{tmp_path / 'store'}?max_trace_content=100&blobs={quote(f'file://{blobs}', safe='')}"
+    old = (datetime.now(UTC) - timedelta(days=10)).isoformat()
+
+    async def write() -> None:
+        async with open_store(url) as store:
+            await store.put_batch(
+                [
+                    {**_event("t1", "trace", old), "content": "expired " * 50},
+                    {**_event("t1", "trace", datetime.now(UTC).isoformat()), "content": "kept " * 50},
+                ]
+            )
+
+    asyncio.run(write())
+    assert len(list(blobs.glob("*/*"))) == 2
+    command = ["retention", "apply", "--policy", "trace: max_age=7d", "--store", url]
+    within_grace = CliRunner().invoke(app, command)
+    assert within_grace.exit_code == 0, within_grace.output
+    assert "unreferenced blobs removed" not in within_grace.output
+    assert len(list(blobs.glob("*/*"))) == 2
+    result = CliRunner().invoke(app, [*command, "--blob-grace-s", "0"])
+    assert result.exit_code == 0, result.output
+    assert ", 1 unreferenced blobs removed" in result.output
+
+    async def whole() -> object:
+        async with open_store(url) as store:
+            (kept,) = await store.list_events("t1", "r1")
+            return await store.get_full_content("t1", kept["event_id"])
+
+    assert asyncio.run(whole()) == "kept " * 50
+    assert len(list(blobs.glob("*/*"))) == 1
+
+
 def test_a_bad_policy_is_refused_naming_the_option(tmp_path: Path) -> None:
     result = CliRunner().invoke(
         app, ["retention", "apply", "--policy", "trace: max_age=7x", "--store", f"jsonl://{tmp_path}"]
