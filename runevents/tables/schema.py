@@ -186,6 +186,34 @@ class Blob(Base):
     )
 
 
+class ThreadKey(Base):
+    """A thread's data key (runevents.crypto), wrapped by a KEK; destroyed (wrapped gone) when erased.
+
+    A destroyed key's row stays: a record sealed with it is then known to be erased, not a key missing
+    from the wrong database. At most one live key a thread.
+    """
+
+    __tablename__ = "thread_keys"
+
+    key_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    thread_id: Mapped[str] = mapped_column(String(MAX_ID_LENGTH))
+    kek_id: Mapped[str] = mapped_column(String(64))
+    wrapped: Mapped[bytes | None] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    destroyed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        Index("ix_thread_keys_thread_id", "thread_id"),
+        Index(
+            "uq_thread_keys_live",
+            "thread_id",
+            unique=True,
+            postgresql_where=text("destroyed_at IS NULL"),
+            sqlite_where=text("destroyed_at IS NULL"),
+        ),
+    )
+
+
 class DeadLetter(Base):
     """A topic record the projector could not apply, kept with the reason; the partition moved on."""
 
@@ -264,3 +292,4 @@ token_usage_calls = cast(Table, TokenUsageCall.__table__)
 token_usage_offsets = cast(Table, TokenUsageOffset.__table__)
 retention_policies = cast(Table, RetentionPolicyRow.__table__)
 blobs = cast(Table, Blob.__table__)
+thread_keys = cast(Table, ThreadKey.__table__)

@@ -158,7 +158,7 @@ def test_the_cli_reads_the_tls_settings_and_refuses_a_server_its_ca_did_not_sign
     }
     result = CliRunner().invoke(app, ["db", "upgrade", "--schema", "over_tls"], env=env)
     assert result.exit_code == 0, result.output
-    assert result.output.endswith("(schema over_tls): none -> 0005_lifecycle\n")
+    assert result.output.endswith("(schema over_tls): none -> 0006_thread_keys\n")
 
     stranger = tmp_path / "other-ca.pem"
     trustme.CA().cert_pem.write_to_path(str(stranger))

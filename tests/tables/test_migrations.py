@@ -24,7 +24,7 @@ from runevents.tables import migrate
 from runevents.tables.schema import Base, thread_counters
 from runevents.tables.sql import engine_for
 
-HEAD = "0005_lifecycle"
+HEAD = "0006_thread_keys"
 TABLES = {
     "run_events",
     "thread_counters",
@@ -36,6 +36,7 @@ TABLES = {
     "token_usage_offsets",
     "retention_policies",
     "blobs",
+    "thread_keys",
 }
 PARTIAL_INDEXES = {
     "ix_run_events_messages",

@@ -210,6 +210,7 @@ async def test_a_named_postgresql_schema_holds_everything_and_public_nothing(pg_
             "token_usage_offsets",
             "retention_policies",
             "blobs",
+            "thread_keys",
             "alembic_version",
         }
         seqs = await connection.fetch("SELECT seq FROM tenant_a.run_events ORDER BY seq")

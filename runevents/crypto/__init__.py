@@ -1,0 +1,1 @@
+"""Envelope encryption of the events' contents: key-encryption keys, threads' data keys, sealed records."""
