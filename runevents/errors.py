@@ -53,3 +53,7 @@ class ThreadDeletedError(RunEventsError):
 
 class EventNotFoundError(RunEventsError, LookupError):
     """The thread holds no event of the id asked for (never written, deleted or expired)."""
+
+
+class ErasureUnavailableError(RunEventsError):
+    """An erasure this store cannot carry out (on the bus: it does not seal, so the topic keeps the clear)."""

@@ -27,6 +27,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from runevents.bus.names import DEFAULT_PROJECTION, DEFAULT_TOPIC
+from runevents.crypto.keyring import Keyring, KeyringError, load_keyring, parse_keyring
 from runevents.errors import RunEventsError, UnsupportedDatabaseError
 from runevents.lifecycle.blob_urls import (
     BUS_BLOB_SCHEMA,
@@ -119,6 +120,26 @@ class Settings(BaseSettings):
         description="Where a bus store keeps cut contents whole: table, file:///dir or s3://bucket/prefix/",
     )
 
+    kek: SecretStr | None = Field(
+        default=None,
+        description="KEKs that wrap the bus's data keys: id:base64 entries, the first wraps new keys",
+    )
+    kek_file: Path | None = Field(default=None, description="A file holding the KEKs (as RUNEVENTS_KEK)")
+
+    @field_validator("kek")
+    @classmethod
+    def _check_kek(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            parse_keyring(value.get_secret_value(), source="the value")  # its message shows no key
+        return value
+
+    def keyring(self) -> Keyring | None:
+        """The KEKs of `kek` or `kek_file`, if either is set."""
+        try:
+            return load_keyring(None if self.kek is None else self.kek.get_secret_value(), self.kek_file)
+        except KeyringError as error:
+            raise SettingsError(str(error)) from None
+
     @field_validator("blobs")
     @classmethod
     def _check_blobs(cls, value: str | None) -> str | None:
@@ -189,6 +210,7 @@ class Settings(BaseSettings):
         "kafka_ssl_cafile",
         "kafka_ssl_certfile",
         "kafka_ssl_keyfile",
+        "kek_file",
     )
     @classmethod
     def _check_file(cls, value: Path | None) -> Path | None:
@@ -233,7 +255,7 @@ class Settings(BaseSettings):
         """The secret values these settings hold (passwords in the URL included), to mask in messages."""
         found = [
             secret.get_secret_value()
-            for secret in (self.database_password, self.kafka_sasl_password)
+            for secret in (self.database_password, self.kafka_sasl_password, self.kek)
             if secret is not None
         ]
         if self.database_url is not None:
@@ -304,7 +326,7 @@ class Settings(BaseSettings):
             projection=self.projection,
             schema=self.schema_name,
             producer_options=producer_options,
-            **options,
+            **{"keyring": self.keyring(), **options},
         )
         if self.blobs is not None and options.get("blobs") is None:
             # Opened once the store is: the blobs table is read through the store's own engine (one

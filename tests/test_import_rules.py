@@ -23,6 +23,9 @@ PROJECTOR = ("runevents.bus.projector",)
 # What writers on the bus use: the store, the producer, read-your-writes, the topic and the shared names.
 BUS_WRITERS = (
     "runevents.bus.store",
+    "runevents.bus.store_url",
+    "runevents.bus.sealer",
+    "runevents.bus.fitting",
     "runevents.bus.producer",
     "runevents.bus.read_your_writes",
     "runevents.bus.topic",
@@ -70,6 +73,7 @@ _CORE = (
     *_BASE,
     "runevents.events",
     "runevents.lifecycle",
+    "runevents.crypto",
     "runevents.store",
     "runevents.tables",
     "runevents.bus",
@@ -83,11 +87,25 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "runevents.events": ("runevents.errors",),
     # Retention policies and what they expire: data rules, beside the events.
     "runevents.lifecycle": (*_BASE, "runevents.events"),
+    # Envelope encryption: keyrings and sealed records, beside the events.
+    "runevents.crypto": (*_BASE, "runevents.events"),
     "runevents.store": (*_BASE, "runevents.events", "runevents.lifecycle"),
-    "runevents.tables": (*_BASE, "runevents.events", "runevents.lifecycle", "runevents.store"),
+    "runevents.tables": (
+        *_BASE,
+        "runevents.events",
+        "runevents.lifecycle",
+        "runevents.crypto",
+        "runevents.store",
+    ),
     "runevents.retrying": ("runevents.masking", "runevents.tables"),
     "runevents.bus": (*_CORE, "runevents.retrying", "runevents.metrics"),
-    "runevents.settings": (*_BASE, "runevents.lifecycle", "runevents.tables", "runevents.bus"),
+    "runevents.settings": (
+        *_BASE,
+        "runevents.lifecycle",
+        "runevents.crypto",
+        "runevents.tables",
+        "runevents.bus",
+    ),
     "runevents.ops": (*_CORE, "runevents.retrying", "runevents.metrics"),
     # The HTTP service reads through the contract only: any store, no backend of its own.
     "runevents.serve": (*_BASE, "runevents.events", "runevents.store"),

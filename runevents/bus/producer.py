@@ -23,6 +23,7 @@ from runevents.bus.clients import start_fully
 from runevents.bus.names import DEFAULT_TOPIC
 from runevents.bus.record_batches import Outgoing, PartitionBatches, framed_size, headers_size
 from runevents.bus.topic import log_offsets, max_message_bytes
+from runevents.crypto.sealing import SEALED_HEADER
 from runevents.errors import InvalidEventError, RunEventsError
 from runevents.events import (
     DELETE_RUN,
@@ -232,12 +233,29 @@ class EventProducer:
             producer, self._producer, self._batches = self._producer, None, None
             await producer.stop()
 
-    async def publish_puts(self, events: Sequence[PreparedEvent], *, op: str = PUT) -> list[Published]:
-        """Publish one record per event (all sizes checked first); return where each landed, in order."""
+    async def publish_puts(
+        self,
+        events: Sequence[PreparedEvent],
+        *,
+        op: str = PUT,
+        sealed: Sequence[tuple[str, bytes] | None] | None = None,
+    ) -> list[Published]:
+        """Publish one record per event (all sizes checked first); return where each landed, in order.
+
+        `sealed`: per event, its sealed value and the id of the data key that sealed it
+        (runevents.crypto.sealing), or None to publish it in the clear.
+        """
         records: list[Outgoing] = []
-        for event in events:
-            key, value = event.thread_id.encode(), encode_put(event, op)
+        for index, event in enumerate(events):
+            key = event.thread_id.encode()
             headers, headers_bytes = self._headers(op, event.event_type)
+            seal = None if sealed is None else sealed[index]
+            if seal is None:
+                value = encode_put(event, op)
+            else:
+                key_id, value = seal
+                headers = [*headers, (SEALED_HEADER, key_id.encode())]
+                headers_bytes = headers_size(headers)
             records.append(
                 (event.event_id, event.thread_id, key, value, headers, framed_size(key, value, headers_bytes))
             )

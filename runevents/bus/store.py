@@ -13,18 +13,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any, Final, TypeVar
 
 import asyncpg
 from sqlalchemy import select
 
+from runevents.bus.fitting import preview_for
 from runevents.bus.names import DEFAULT_PROJECTION, DEFAULT_TOPIC
 from runevents.bus.producer import EventProducer, Published
 from runevents.bus.read_your_writes import DEFAULT_POLL_INTERVAL_S, ProjectionWatcher
-from runevents.errors import RunEventsError
+from runevents.bus.sealer import Sealer
+from runevents.crypto.keyring import Keyring
+from runevents.errors import ErasureUnavailableError, RunEventsError
 from runevents.events import (
     DEFAULT_MAX_TRACE_CONTENT,
+    PUT,
     PUT_IF_ABSENT,
     PreparedEvent,
     Record,
@@ -32,27 +36,20 @@ from runevents.events import (
     prepare_event,
     prepare_events,
 )
-from runevents.lifecycle.blob_urls import BUS_BLOB_SCHEMA
 from runevents.lifecycle.blobs import BlobStore
-from runevents.lifecycle.offload import OVERSIZE_PREVIEW_BYTES, PreviewFor, offload, offload_sizes
+from runevents.lifecycle.offload import BlobOpener, offload, offload_sizes
 from runevents.metrics import READ_YOUR_WRITES_SEQS
 from runevents.names import check_identifier, check_topic
-from runevents.store.opener import StoreUrl
 from runevents.tables import writes
 from runevents.tables.failures import DATABASE_ERRORS, reason_of
 from runevents.tables.group_commit import GroupCommitter
+from runevents.tables.keys import DEFAULT_CACHE_TTL_S, DEFAULT_KEY_SCHEMA, ThreadKeys
 from runevents.tables.query import RECORD_COLUMNS, ReadTablesStore
 from runevents.tables.schema import op_results, run_events
 from runevents.tables.sql import engine_for
 
 DEFAULT_WAIT_S: Final = 30.0
 LOOKUP_CONNECTIONS: Final = 2
-# More than a record holds besides its content and metadata (four ids of at most 64 characters, the
-# type, category, time and the envelope's keys, Kafka's framing): an event this far below the topic's
-# limit is not encoded to know its size.
-_ENVELOPE_BOUND: Final = 4096
-# What a cut content's metadata gains: content_truncated, original_byte_length and the blob's reference.
-_REFERENCE_BYTES: Final = 512
 _e = run_events.c
 _r = op_results.c
 T = TypeVar("T")
@@ -84,11 +81,19 @@ class BusRunEventStore(ReadTablesStore):
         producer_options: dict[str, Any] | None = None,
         blobs: BlobStore | None = None,
         offload_over: Mapping[str, int] | None = None,
+        keyring: Keyring | None = None,
+        encrypt_categories: Collection[str] | None = None,
+        key_schema: str = DEFAULT_KEY_SCHEMA,
+        key_cache_ttl_s: float = DEFAULT_CACHE_TTL_S,
     ) -> None:
         """`blobs`: where contents cut to their preview are kept whole (see `get_full_content`); the
         topic carries the preview and the blob's reference. With it, a content that would make its
         record larger than the topic takes is cut and kept there too, instead of refused.
-        `offload_over`: category -> size in bytes past which its contents are cut and kept there."""
+        `offload_over`: category -> size in bytes past which its contents are cut and kept there.
+
+        `keyring`: seal each put's content and metadata on the topic with its thread's data key (kept in
+        `key_schema`, wrapped by the keyring's current KEK), for the categories `encrypt_categories` (all
+        by default); a writer keeps a thread's key `key_cache_ttl_s` (runevents.tables.keys)."""
         # Names first: a refused one must leave nothing opened (no engine, no producer).
         check_topic(topic)
         check_identifier("projection", projection)
@@ -96,6 +101,14 @@ class BusRunEventStore(ReadTablesStore):
         self._blobs = blobs
         self._offload_over = offload_sizes(offload_over, blobs)
         self._engine = engine_for(database_url, schema=schema, pool_size=pool_size)
+        self._sealer = (
+            None
+            if keyring is None
+            else Sealer(
+                ThreadKeys(self._engine, keyring, schema=key_schema, cache_ttl_s=key_cache_ttl_s),
+                encrypt_categories,
+            )
+        )
         self._max_trace_content = max_trace_content
         self._wait_timeout_s = wait_timeout_s
         self._producer = EventProducer(bootstrap_servers, topic=topic, **(producer_options or {}))
@@ -136,31 +149,38 @@ class BusRunEventStore(ReadTablesStore):
         if not prepared:
             return []
         # The blobs first: no record on the topic points at a blob that is not there.
-        return await self._producer.publish_puts(await self._offload(prepared))
+        prepared = await self._offload(prepared)
+        return await self._producer.publish_puts(prepared, sealed=await self._sealed(prepared, PUT))
+
+    async def _sealed(
+        self, events: Sequence[PreparedEvent], op: str
+    ) -> list[tuple[str, bytes] | None] | None:
+        """The events' sealed values, if this store seals (its keys read or made before publishing)."""
+        if self._sealer is None:
+            return None
+        async with self._reading_keys("nothing was published"):
+            return await self._sealer.seal(events, op)
+
+    @contextlib.asynccontextmanager
+    async def _reading_keys(self, outcome: str) -> AsyncIterator[None]:
+        try:
+            yield
+        except DATABASE_ERRORS as exc:
+            raise ReadTablesUnavailableError(
+                f"cannot reach the threads' data keys ({reason_of(exc)}); {outcome}"
+            ) from exc
 
     async def _offload(self, events: Sequence[PreparedEvent]) -> list[PreparedEvent]:
         """`events` with their cut contents in the blob store, those too large for a record included."""
         if self._blobs is None:
             return list(events)
         limit = await self._producer.record_limit([event.event_id for event in events])
-        return await offload(events, self._blobs, over=self._offload_over, fit=self._preview_for(limit))
-
-    def _preview_for(self, limit: int) -> PreviewFor:
-        """How far to cut an event's content so that its record fits in `limit` bytes (None: it fits)."""
-        producer = self._producer
-
-        def preview_for(event: PreparedEvent) -> int | None:
-            if len(event.content_json) + len(event.metadata_json) + _ENVELOPE_BOUND <= limit:
-                return None  # far from the limit: not worth encoding to know
-            size = producer.record_size(event)
-            if size <= limit:
-                return None
-            # What the record keeps besides the content, and the blob's reference the metadata gains; a
-            # preview's JSON can be twice its UTF-8 (quotes, backslashes, newlines escaped).
-            room = limit - (size - len(event.content_json)) - _REFERENCE_BYTES
-            return max(min(OVERSIZE_PREVIEW_BYTES, room // 2), 0)
-
-        return preview_for
+        if self._sealer is not None:
+            limit = self._sealer.clear_limit(limit)
+        seal = None if self._sealer is None else self._sealer.seal_blobs
+        return await offload(
+            events, self._blobs, over=self._offload_over, fit=preview_for(self._producer, limit), seal=seal
+        )
 
     async def publish(self, **event: Any) -> Published:
         """Validate and publish one event (the keywords of `put`); return once the broker acknowledged it."""
@@ -190,7 +210,7 @@ class BusRunEventStore(ReadTablesStore):
         # Before publishing: the projector may tell the seqs as soon as the broker has the records.
         self._watcher.expect(ids)
         try:
-            published = await self._producer.publish_puts(prepared)
+            published = await self._producer.publish_puts(prepared, sealed=await self._sealed(prepared, PUT))
             seqs = await self._read_back(published, lambda: self._projected_seqs(prepared))
         finally:
             self._watcher.forget(ids)
@@ -295,7 +315,8 @@ class BusRunEventStore(ReadTablesStore):
         prepared = prepare_event(event, max_trace_content=self._max_trace_content)
         await self._ready_to_publish()
         (prepared,) = await self._offload([prepared])
-        (published,) = await self._producer.publish_puts([prepared], op=PUT_IF_ABSENT)
+        sealed = await self._sealed([prepared], PUT_IF_ABSENT)
+        (published,) = await self._producer.publish_puts([prepared], op=PUT_IF_ABSENT, sealed=sealed)
         result = await self._op_result(published)
         if result.created:
             return make_record(prepared, result.seq), True
@@ -309,6 +330,23 @@ class BusRunEventStore(ReadTablesStore):
                 "which has been deleted since"
             )
         return records[0], False
+
+    def _blob_opener(self) -> BlobOpener | None:
+        return None if self._sealer is None else self._sealer.open_blob
+
+    def _check_erasable(self) -> None:
+        if self._sealer is None:
+            raise ErasureUnavailableError(
+                "this bus store does not seal its records (no keyring): the topic keeps the thread's "
+                "events in the clear, so they cannot be erased from it; nothing was deleted"
+            )
+
+    async def _erase(self, thread_ids: list[str]) -> None:
+        # After the delete is projected: the projector never needs the keys of what it has removed.
+        assert self._sealer is not None
+        outcome = "the threads' events are deleted, but their keys are not destroyed yet: erase them again"
+        async with self._reading_keys(outcome):
+            await self._sealer.keys.destroy(thread_ids)
 
     async def _delete_thread(self, thread_id: str) -> int:
         await self._ready_to_publish()
@@ -334,33 +372,3 @@ class BusRunEventStore(ReadTablesStore):
         await self._ready_to_publish()
         result = await self._op_result(await self._producer.publish_expire(thread_id, seqs))
         return int(result.removed)
-
-
-def open_url(url: StoreUrl) -> BusRunEventStore:
-    """A bus store for `kafka://brokers/topic?database=<percent-encoded URL>&projection=&schema=&blobs=`."""
-    database = url.pop("database")
-    if not url.parts.netloc or not database:
-        raise url.error(
-            "a kafka URL names the brokers and the read tables' database, e.g. "
-            "kafka://broker:9092/run-events?database=postgresql%3A%2F%2Fuser%40db%2Frunevents"
-        )
-    topic = url.parts.path.strip("/") or DEFAULT_TOPIC
-    projection = url.pop("projection", DEFAULT_PROJECTION) or DEFAULT_PROJECTION
-    schema = url.pop("schema")
-    blobs = url.blobs()
-    url.refuse_unknown()
-    store = BusRunEventStore(
-        url.parts.netloc,
-        database,
-        topic=topic,
-        projection=projection,
-        schema=schema,
-        max_trace_content=DEFAULT_MAX_TRACE_CONTENT
-        if url.max_trace_content is None
-        else url.max_trace_content,
-    )
-    if blobs is not None:
-        # Opened once the store is: the blobs table is read through the store's own engine (one pool,
-        # disposed with the store), outside the projection's schema. The URL was checked above.
-        store._blobs = blobs.open(store._engine, schema=BUS_BLOB_SCHEMA)
-    return store

@@ -16,6 +16,7 @@ from runevents.cli.config import config as config_command
 from runevents.cli.db import db_app
 from runevents.cli.dead_letters import dead_letters_app
 from runevents.cli.demo import demo as demo_command
+from runevents.cli.erase import erase_command, keys_app
 from runevents.cli.project import project as project_command
 from runevents.cli.promote import projection_app
 from runevents.cli.promote import promote as promote_command
@@ -123,6 +124,9 @@ app.command("backfill")(backfill_command)
 app.add_typer(dead_letters_app, name="dead-letters")
 # The log's lifecycle: what retention no longer keeps goes.
 app.add_typer(retention_app, name="retention")
+# Erasure: threads deleted and their keys destroyed, so the topic's copies can never be opened.
+app.command("erase")(erase_command)
+app.add_typer(keys_app, name="keys")
 # The second kind of consumer of the topic: token usage, in a group and tables of its own.
 app.add_typer(usage_app, name="usage")
 app.add_typer(db_app, name="db")

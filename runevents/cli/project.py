@@ -168,6 +168,7 @@ async def _run(
         consumer_options={**group_member_options(session_timeout_ms), "fetch_max_wait_ms": fetch_max_wait_ms},
         client_options=settings.kafka_options(),
         stop_timeout_s=stop_timeout_s,
+        keyring=settings.keyring(),
     )
     try:
         # Once, before anything starts: a wrong password or an unreachable server is a setting to fix, not

@@ -95,6 +95,7 @@ async def _replay(console: Console, settings: Settings, projection: str, schema:
             on_progress=show,
             stop=stop,
             client_options=settings.kafka_options(),
+            keyring=settings.keyring(),
         )
     finally:
         if tasks:

@@ -60,7 +60,9 @@ BusOption = Annotated[
 ]
 
 
-def _store(given: str | None, bus: bool, settings: Settings) -> tuple[Callable[[], RunEventStore], str]:
+def opening_store(
+    given: str | None, bus: bool, settings: Settings
+) -> tuple[Callable[[], RunEventStore], str]:
     """How to open the store a command works on (inside its run, so a refusal is one line), and its name:
     --bus's, else --store's (or the settings')."""
     if bus:
@@ -96,7 +98,7 @@ def set_policy(
         raise typer.BadParameter("give either a POLICY or --clear", param_hint="POLICY")
     chosen = None if policy is None else _parsed(policy, "POLICY")
     settings = settings_of()
-    opening, _ = _store(store, bus, settings)
+    opening, _ = opening_store(store, bus, settings)
 
     async def work() -> None:
         async with opening() as opened:
@@ -111,7 +113,7 @@ def set_policy(
 def show_policy(thread: ThreadArgument, store: StoreUrlOption = None, bus: BusOption = False) -> None:
     """Print a thread's own retention policy, or say the default applies."""
     settings = settings_of()
-    opening, _ = _store(store, bus, settings)
+    opening, _ = opening_store(store, bus, settings)
 
     async def work() -> RetentionPolicy | None:
         async with opening() as opened:
@@ -157,7 +159,7 @@ def apply(
     """
     settings = settings_of()
     chosen = _parsed(settings.retention if policy is None else policy, "--policy")
-    opening, shown = _store(store, bus, settings)
+    opening, shown = opening_store(store, bus, settings)
     log_to_stderr(settings.log_level)
     log.info("applying %s to %s", chosen.text(), shown)
     grace = timedelta(seconds=blob_grace_s)

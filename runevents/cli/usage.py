@@ -137,6 +137,7 @@ async def _run(
         client_options=settings.kafka_options(),
         export_spans=otel,
         stop_timeout_s=stop_timeout_s,
+        keyring=settings.keyring(),
     )
     try:
         # Once, before anything starts: a wrong password is a setting to fix, not an outage to ride out.

@@ -11,6 +11,7 @@ from typing import Any
 from runevents.deerflow.users import AUTO, UserArgument, Users
 from runevents.events import Content, Record
 from runevents.lifecycle.blobs import BlobStore
+from runevents.lifecycle.offload import BlobOpener
 from runevents.lifecycle.retention import Summary
 from runevents.store import RunEventStore
 from runevents.store.subscriptions import Doorbell
@@ -227,12 +228,14 @@ class DeerFlowRunEventStore(RunEventStore):
     # deletes only what that user can see: the whole thread (run) if it holds any of their records,
     # nothing otherwise. deer-flow's threads belong to one user, so this is deer-flow's result.
 
-    async def delete_by_thread(self, thread_id: str, *, user_id: UserArgument = AUTO) -> int:
-        """Delete a thread's records and reset its seq; return how many were removed."""
+    async def delete_by_thread(
+        self, thread_id: str, *, user_id: UserArgument = AUTO, erase: bool = False
+    ) -> int:
+        """Delete a thread's records and reset its seq (`erase`: as runevents' store); how many went."""
         user = self._users.resolve(user_id, "delete_by_thread")
         if user is not None and not await self._visible(thread_id, None, user):
             return 0
-        return await super().delete_by_thread(thread_id)
+        return await super().delete_by_thread(thread_id, erase=erase)
 
     async def delete_by_run(self, thread_id: str, run_id: str, *, user_id: UserArgument = AUTO) -> int:
         """Delete a run's records (the thread's seq goes on); return how many were removed."""
@@ -339,6 +342,19 @@ class DeerFlowRunEventStore(RunEventStore):
     async def _summaries(self, thread_id: str) -> list[Summary]:
         await self._ready()
         return await self.store._summaries(thread_id)
+
+    async def _user_threads(self, user_id: str) -> Collection[str]:
+        await self._ready()
+        return await self.store._user_threads(user_id)
+
+    def _check_erasable(self) -> None:
+        self.store._check_erasable()
+
+    def _blob_opener(self) -> BlobOpener | None:
+        return self.store._blob_opener()
+
+    async def _erase(self, thread_ids: list[str]) -> None:
+        await self.store._erase(thread_ids)
 
     async def _blob_references(self, thread_id: str) -> set[str]:
         await self._ready()

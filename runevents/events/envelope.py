@@ -213,21 +213,21 @@ class UndecodableRecordError(RunEventsError):
 # (RFC 3339 timestamps of at most microseconds, ids without forbidden characters) and declines
 # everything else, which the pydantic path then decodes or rejects with its reason. A test checks
 # that whatever it takes, the pydantic path decodes to the same event.
-_FastId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_LENGTH)]
-_RFC3339: Final = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?(Z|[+-]\d\d:\d\d)$"
+FastId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_LENGTH)]
+RFC3339_PATTERN: Final = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?(Z|[+-]\d\d:\d\d)$"
 
 
 class _FastPut(msgspec.Struct, tag_field="op", tag=PUT, frozen=True):
     v: Literal[1]
     event_id: Annotated[str, msgspec.Meta(pattern=UUID_PATTERN)]
-    thread_id: _FastId
-    run_id: _FastId
+    thread_id: FastId
+    run_id: FastId
     event_type: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_EVENT_TYPE_LENGTH)]
     category: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_CATEGORY_LENGTH)]
     content: str | dict[str, Any] | list[Any]
     metadata: dict[str, Any]
-    created_at: Annotated[str, msgspec.Meta(pattern=_RFC3339)]
-    user_id: _FastId | None = None
+    created_at: Annotated[str, msgspec.Meta(pattern=RFC3339_PATTERN)]
+    user_id: FastId | None = None
 
 
 class _FastPutIfAbsent(_FastPut, tag=PUT_IF_ABSENT, frozen=True):
@@ -281,12 +281,24 @@ def _decode_validated(
     value: bytes, max_trace_content: int | None
 ) -> PreparedEvent | Ops | tuple[str, PreparedEvent]:
     """Decode with the envelope's pydantic models, which say what is wrong with a bad record."""
+    return decode_document(json_document(value), max_trace_content)
+
+
+def json_document(value: bytes) -> dict[str, Any]:
+    """A record's value as the JSON object it must be; `UndecodableRecordError` if it is not one."""
     try:
         document = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
         raise UndecodableRecordError(f"the value is not JSON: {exc}") from None
     if not isinstance(document, dict):
         raise UndecodableRecordError(f"the value is JSON {type(document).__name__}, not an object")
+    return document
+
+
+def decode_document(
+    document: dict[str, Any], max_trace_content: int | None
+) -> PreparedEvent | Ops | tuple[str, PreparedEvent]:
+    """A record's JSON object checked by the envelope's pydantic models, which say what is wrong."""
     if document.get("v") != ENVELOPE_VERSION:
         raise UndecodableRecordError(f"envelope version {document.get('v')!r}; this projector reads 1")
     try:

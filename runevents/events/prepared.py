@@ -51,6 +51,7 @@ class PreparedEvent:
         "event_id",
         "event_type",
         "full",
+        "full_sealed_by",
         "metadata_json",
         "run_id",
         "thread_id",
@@ -79,6 +80,8 @@ class PreparedEvent:
         # A content cut to its preview (trace truncation): its whole bytes and their media type, for a
         # blob store to keep. Not part of the event's value: what is stored is the preview.
         self.full: tuple[bytes, str] | None = None
+        # The data key `full`'s bytes are sealed with (runevents.crypto), if they are: the blob says so.
+        self.full_sealed_by: str | None = None
 
     @property
     def content(self) -> Content:
@@ -118,6 +121,7 @@ class PreparedEvent:
             self.created,
         )
         changed.full = self.full
+        changed.full_sealed_by = self.full_sealed_by
         return changed
 
     def _values(self) -> tuple[Any, ...]:

@@ -13,7 +13,7 @@ the event: both only with a blob store, since without one the rest of the conten
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final
 
 import orjson
@@ -23,6 +23,10 @@ from runevents.events.prepared import JSON_MEDIA_TYPE, TEXT_MEDIA_TYPE, cut_to_p
 from runevents.lifecycle.blobs import BlobMissingError, BlobStore
 
 BLOB_KEY: Final = "content_blob"
+# In a blob's reference: the id of the data key its bytes are sealed with (runevents.crypto.sealing).
+SEALED_BY: Final = "sealed_by"
+# Opens a sealed blob's bytes, given its reference.
+BlobOpener = Callable[[dict[str, Any], bytes], Awaitable[bytes]]
 # The preview a content too large for its record keeps at most (deer-flow's trace cut).
 OVERSIZE_PREVIEW_BYTES: Final = 10_240
 
@@ -65,15 +69,19 @@ async def offload(
     *,
     over: Mapping[str, int] | None = None,
     fit: PreviewFor | None = None,
+    seal: Callable[[Sequence[PreparedEvent]], Awaitable[None]] | None = None,
 ) -> list[PreparedEvent]:
     """`events`, each whose content was cut (or is now: over its category's size in `over`, or cut to
-    the preview `fit` asks for) pointing at the blob that holds it whole."""
+    the preview `fit` asks for) pointing at the blob that holds it whole; `seal` seals the whole
+    contents (`full`) in place before they are kept."""
     if blobs is None:
         return list(events)
     if over is not None or fit is not None:
         events = [_cut(event, over, fit) if event.full is None else event for event in events]
     if all(event.full is None for event in events):
         return list(events)
+    if seal is not None:
+        await seal(events)
     kept = []
     for event in events:
         if event.full is None:
@@ -81,7 +89,10 @@ async def offload(
             continue
         data, media_type = event.full
         ref = await blobs.put(data, media_type)
-        kept.append(event.with_metadata({**event.metadata, BLOB_KEY: ref.document()}))
+        pointer: dict[str, Any] = ref.document()
+        if event.full_sealed_by is not None:
+            pointer[SEALED_BY] = event.full_sealed_by
+        kept.append(event.with_metadata({**event.metadata, BLOB_KEY: pointer}))
     return kept
 
 
@@ -93,7 +104,9 @@ def blob_address(metadata: Mapping[str, Any]) -> str | None:
     return None
 
 
-async def full_content(record: dict[str, Any], blobs: BlobStore | None) -> Content:
+async def full_content(
+    record: dict[str, Any], blobs: BlobStore | None, opener: BlobOpener | None = None
+) -> Content:
     """A record's whole content: from its blob if it was cut and kept whole, else its content."""
     metadata = record["metadata"]
     pointer = metadata.get(BLOB_KEY)
@@ -111,6 +124,13 @@ async def full_content(record: dict[str, Any], blobs: BlobStore | None) -> Conte
             "but this store has no blob store"
         )
     data = await blobs.get(pointer["sha256"])
+    if SEALED_BY in pointer:
+        if opener is None:
+            raise BlobMissingError(
+                f"blob {pointer['sha256']} is sealed with data key {pointer[SEALED_BY]}, and this store "
+                "has no keyring to open it"
+            )
+        data = await opener(pointer, data)
     if pointer.get("media_type") == TEXT_MEDIA_TYPE:
         return data.decode()
     if pointer.get("media_type") == JSON_MEDIA_TYPE:

@@ -13,7 +13,7 @@ from typing import Any, Self
 from runevents.errors import EventNotFoundError, InvalidEventError, InvalidQueryError
 from runevents.events import MAX_INDEXED_MESSAGE_ID, Content, Record
 from runevents.lifecycle.blobs import BlobStore
-from runevents.lifecycle.offload import full_content
+from runevents.lifecycle.offload import BlobOpener, full_content
 from runevents.lifecycle.retention import RetentionPolicy, Summary, policy_from_document
 from runevents.store.arguments import check_id, check_names, check_page, check_seqs, check_text, check_user
 from runevents.store.subscriptions import Doorbell, Doorbells, follow, watching
@@ -181,10 +181,51 @@ class RunEventStore(abc.ABC):
             poll_s=self._subscription_poll_s(),
         )
 
-    async def delete_by_thread(self, thread_id: str) -> int:
-        """Delete a thread's records and reset its seq; return how many were removed."""
+    async def delete_by_thread(self, thread_id: str, *, erase: bool = False) -> int:
+        """Delete a thread's records and reset its seq; return how many were removed.
+
+        `erase`: also make every copy of its events this store keeps elsewhere unreadable: on the bus,
+        destroy the thread's data keys, so that its records on the topic (sealed with them) can never
+        be opened again, by a replay or by anyone reading the topic. A bus store that does not seal
+        refuses it before deleting anything (`ErasureUnavailableError`); the local backends keep no
+        other copy (their blobs go with the next retention run). See the README's "Deleting and
+        erasing data" for what remains where.
+        """
         check_id("thread_id", thread_id)
-        return await self._delete_thread(thread_id)
+        if erase:
+            self._check_erasable()
+        removed = await self._delete_thread(thread_id)
+        if erase:
+            await self._erase([thread_id])
+        return removed
+
+    async def user_thread_ids(self, user_id: str) -> list[str]:
+        """The ids of the threads holding an event of `user_id` (to erase a user's data), ascending."""
+        check_id("user_id", user_id)
+        return sorted(await self._user_threads(user_id))
+
+    def _blob_opener(self) -> BlobOpener | None:
+        """What opens the sealed blobs this store wrote (None: it seals none)."""
+        return None
+
+    def _check_erasable(self) -> None:
+        """Raise `ErasureUnavailableError` if `erase` cannot reach every copy this store keeps."""
+        return None  # the local backends and the sql one keep no copy beyond their rows and blobs
+
+    async def _erase(self, thread_ids: list[str]) -> None:
+        """Make the copies of deleted threads' events kept beyond the rows unreadable."""
+        return None
+
+    async def _user_threads(self, user_id: str) -> Collection[str]:
+        """`user_thread_ids` of a checked id: every thread's events looked at, unless overridden."""
+        found: list[str] = []
+        after: str | None = None
+        while page := await self._thread_ids(after, 1000):
+            found += [
+                thread for thread in page if await self._records_after(thread, 0, 1, None, None, user_id)
+            ]
+            after = page[-1]
+        return found
 
     async def expire_events(self, thread_id: str, seqs: Collection[int]) -> int:
         """Remove the thread's events at `seqs`, as retention does; return how many were removed.
@@ -210,7 +251,7 @@ class RunEventStore(abc.ABC):
         record = await self._event_by_id(thread_id, event_id)
         if record is None:
             raise EventNotFoundError(f"thread {thread_id!r} holds no event {event_id}")
-        return await full_content(record, self._blob_store())
+        return await full_content(record, self._blob_store(), self._blob_opener())
 
     def _blob_store(self) -> BlobStore | None:
         """Where this store keeps cut contents whole (None: nowhere; a cut content's rest is lost)."""

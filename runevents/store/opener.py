@@ -21,7 +21,7 @@ OPENERS: Final = {
     "postgresql": "runevents.tables.sql",
     "postgres": "runevents.tables.sql",
     "sqlite": "runevents.tables.sql",
-    "kafka": "runevents.bus.store",
+    "kafka": "runevents.bus.store_url",
 }
 
 

@@ -197,6 +197,10 @@ class ReadTablesStore(RunEventStore):
             for seq, run_id, category, at in rows
         ]
 
+    async def _user_threads(self, user_id: str) -> Collection[str]:
+        rows = await self._rows(select(_e.thread_id).where(_e.user_id == user_id).distinct())
+        return [thread_id for (thread_id,) in rows]
+
     async def _blob_references(self, thread_id: str) -> set[str]:
         rows = await self._rows(
             select(_e["metadata"]).where(

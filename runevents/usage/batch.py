@@ -16,8 +16,9 @@ from sqlalchemy import and_, delete, exists, literal, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from runevents.bus.projector.decoding import Op, decode_consumer_record
+from runevents.bus.projector.decoding import Op, data_keys, decode_consumer_record
 from runevents.bus.projector.offsets import Fence, Owned
+from runevents.crypto.sealing import DataKeys
 from runevents.events import (
     DeleteRunEnvelope,
     ExpireEnvelope,
@@ -25,6 +26,7 @@ from runevents.events import (
     SetRetentionEnvelope,
     UndecodableRecordError,
 )
+from runevents.tables.keys import ThreadKeys
 from runevents.tables.schema import token_usage_calls
 from runevents.usage.extraction import caller_of, is_ai_response, model_of, usage_of
 from runevents.usage.offsets import USAGE_OFFSETS
@@ -96,19 +98,22 @@ def call_row(event: PreparedEvent, partition: int, offset: int, applied: Applied
 class UsageBatchWriter:
     """Writes fetched batches of one usage group: fence, rows and deletes in one transaction each."""
 
-    def __init__(self, *, topic: str, group: str, schema: str | None) -> None:
+    def __init__(self, *, topic: str, group: str, schema: str | None, keys: ThreadKeys | None = None) -> None:
         self._fence = Fence(topic=topic, projection=group, schema=schema, offsets=USAGE_OFFSETS)
+        self._topic = topic
+        self._keys = keys
 
     async def write(self, engine: AsyncEngine, owned: Owned) -> Applied:
         """Fence, then apply every partition's records; what the batch did, once it committed."""
         applied = Applied()
         async with engine.begin() as connection:
             await self._fence.move(connection, owned)
+            keys = await data_keys(self._keys, connection, owned, self._topic)
             # Partitions hold disjoint threads: their rows go in together, an op after all before it.
             rows: list[dict[str, Any]] = []
             for tp, records, _, _ in owned:
                 for record in records:
-                    await self._apply(connection, tp.partition, record, rows, applied)
+                    await self._apply(connection, tp.partition, record, rows, applied, keys)
             await _insert(connection, rows, applied)
         return applied
 
@@ -119,9 +124,10 @@ class UsageBatchWriter:
         record: ConsumerRecord,
         rows: list[dict[str, Any]],
         applied: Applied,
+        keys: DataKeys,
     ) -> None:
         try:
-            decoded = decode_consumer_record(record, max_trace_content=None)
+            decoded = decode_consumer_record(record, max_trace_content=None, keys=keys)
         except UndecodableRecordError as error:
             applied.undecodable += 1
             applied.note(f"{record.topic}/{partition}/{record.offset}: {error.reason}")

@@ -15,8 +15,10 @@ from runevents.bus.clients import DEFAULT_SESSION_TIMEOUT_MS, group_member_optio
 from runevents.bus.names import DEFAULT_TOPIC
 from runevents.bus.projector.offsets import Positions, RebalanceListener, StaleBatchError
 from runevents.bus.stopping import STOP_TIMEOUT_S, Batch, StoppableLoop, close_together, leave_group
+from runevents.crypto.keyring import Keyring
 from runevents.names import check_identifier, check_topic
 from runevents.tables import migrate
+from runevents.tables.keys import DEFAULT_KEY_SCHEMA, ThreadKeys
 from runevents.tables.sql import engine_for
 from runevents.usage import telemetry
 from runevents.usage.batch import Applied, UsageBatchWriter
@@ -43,9 +45,12 @@ class UsageConsumer:
         client_options: dict[str, Any] | None = None,
         export_spans: bool = False,
         stop_timeout_s: float = STOP_TIMEOUT_S,
+        keyring: Keyring | None = None,
+        key_schema: str = DEFAULT_KEY_SCHEMA,
     ) -> None:
         """`export_spans`: an OpenTelemetry GenAI span of each call kept, once its batch commits;
-        `stop_timeout_s`: how long a stop may take, whatever the broker and the database answer."""
+        `stop_timeout_s`: how long a stop may take, whatever the broker and the database answer;
+        `keyring`: the KEKs that open sealed records (without one, a sealed record stops the consumer)."""
         # Names first: a refused one leaves nothing opened.
         self.topic = check_topic(topic)
         if not group or len(group) > 255:
@@ -62,7 +67,8 @@ class UsageConsumer:
         }
         self._engine = engine_for(database_url, schema=schema, pool_size=2)
         self._secrets = (self._engine.url.password,)
-        self._writer = UsageBatchWriter(topic=topic, group=group, schema=schema)
+        keys = None if keyring is None else ThreadKeys(self._engine, keyring, schema=key_schema)
+        self._writer = UsageBatchWriter(topic=topic, group=group, schema=schema, keys=keys)
         self._positions = Positions(
             self._engine, topic=topic, projection=group, secrets=self._secrets, offsets=USAGE_OFFSETS
         )

@@ -17,8 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from runevents.bus.names import SEQS_CHANNEL
 from runevents.bus.projector.dead_letters import DeadLetters
-from runevents.bus.projector.decoding import Op, decode_consumer_record
+from runevents.bus.projector.decoding import Op, data_keys, decode_consumer_record
 from runevents.bus.projector.offsets import Fence, Owned, told_in_payloads
+from runevents.crypto.sealing import DataKeys
 from runevents.events import (
     PUT_IF_ABSENT,
     DeleteRunEnvelope,
@@ -28,6 +29,7 @@ from runevents.events import (
     UndecodableRecordError,
 )
 from runevents.tables import writes
+from runevents.tables.keys import ThreadKeys
 from runevents.tables.schema import deleted_events, op_results
 
 # Op results and tombstones serve writers waiting on them and retries of the same record: minutes.
@@ -57,8 +59,10 @@ class BatchWriter:
         schema: str | None,
         max_trace_content: int | None,
         dead_letters: DeadLetters,
+        keys: ThreadKeys | None = None,
     ) -> None:
         self.topic = topic
+        self._keys = keys
         self.projection = projection
         self._schema = schema
         self._max_trace_content = max_trace_content
@@ -77,11 +81,12 @@ class BatchWriter:
         self.first_dead = None
         async with engine.begin() as connection:
             await self._fence.move(connection, owned)
+            keys = await data_keys(self._keys, connection, owned, self.topic)
             # Partitions hold disjoint threads, so their puts go in together (one COPY); an op is
             # applied after everything before it in its partition, which is all log order asks.
             puts: list[PreparedEvent] = []
             for tp, records, _, _ in owned:
-                await self._apply_partition(connection, tp, records, puts)
+                await self._apply_partition(connection, tp, records, puts, keys)
             await self._insert_puts(connection, puts)
 
     async def _apply_partition(
@@ -90,11 +95,12 @@ class BatchWriter:
         tp: TopicPartition,
         records: list[ConsumerRecord],
         puts: list[PreparedEvent],
+        keys: DataKeys,
     ) -> None:
         """Decode a partition's records: puts join `puts`; ops and dead letters are applied in order."""
         for record in records:
             try:
-                decoded = decode_consumer_record(record, max_trace_content=self._max_trace_content)
+                decoded = decode_consumer_record(record, max_trace_content=self._max_trace_content, keys=keys)
             except UndecodableRecordError as exc:
                 await self._dead_letters.write(connection, tp, record, exc.reason)
                 self.dead += 1

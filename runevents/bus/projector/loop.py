@@ -20,10 +20,12 @@ from runevents.bus.projector.dead_letters import DeadLetters
 from runevents.bus.projector.offsets import Positions, RebalanceListener, StaleBatchError
 from runevents.bus.stopping import STOP_TIMEOUT_S, Batch, StoppableLoop, close_together, leave_group
 from runevents.bus.topic import TopicMissingError
+from runevents.crypto.keyring import Keyring
 from runevents.errors import RunEventsError, SchemaOutdatedError
 from runevents.masking import mask_secrets
 from runevents.names import check_identifier, check_topic
 from runevents.tables import migrate
+from runevents.tables.keys import DEFAULT_KEY_SCHEMA, ThreadKeys
 from runevents.tables.sql import engine_for
 
 log = logging.getLogger(__name__)
@@ -59,7 +61,11 @@ class Projector:
         consumer_options: dict[str, Any] | None = None,
         client_options: dict[str, Any] | None = None,
         stop_timeout_s: float = STOP_TIMEOUT_S,
+        keyring: Keyring | None = None,
+        key_schema: str = DEFAULT_KEY_SCHEMA,
     ) -> None:
+        """`keyring`: the KEKs that unwrap the data keys of sealed records (runevents.crypto), kept in
+        `key_schema` of the database; without one, a batch holding a sealed record stops the projector."""
         # Names first: a refused one must leave nothing opened (no engine, no client).
         self.topic = check_topic(topic)
         self.projection = check_identifier("projection", projection)
@@ -88,6 +94,7 @@ class Projector:
             schema=schema,
             max_trace_content=max_trace_content,
             dead_letters=self._dead_letters,
+            keys=None if keyring is None else ThreadKeys(self._engine, keyring, schema=key_schema),
         )
         self._positions = Positions(self._engine, topic=topic, projection=projection, secrets=self._secrets)
         self._consumer: AIOKafkaConsumer | None = None
