@@ -9,7 +9,18 @@ import argparse
 from collections.abc import Callable, Sequence
 from typing import Final
 
-from bench import broker, bus_e2e, jsonl_put, replay, retention, serve, sql_put, sql_read, subscribe
+from bench import (
+    broker,
+    bus_e2e,
+    encryption,
+    jsonl_put,
+    replay,
+    retention,
+    serve,
+    sql_put,
+    sql_read,
+    subscribe,
+)
 from runevents.heap import freeze_startup_objects, keep_heap_top
 
 BENCHMARKS: Final[dict[str, Callable[[Sequence[str]], None]]] = {
@@ -22,6 +33,7 @@ BENCHMARKS: Final[dict[str, Callable[[Sequence[str]], None]]] = {
     "serve": serve.main,
     "broker": broker.main,
     "retention": retention.main,
+    "encryption": encryption.main,
 }
 
 

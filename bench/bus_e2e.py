@@ -43,6 +43,7 @@ from bench.postgres import postgres_server, scratch_database
 from bench.roles import Servers, cpu_line, median_us
 from runevents.bus.store import BusRunEventStore
 from runevents.bus.topic import create_topic
+from runevents.crypto.keyring import parse_keyring
 from runevents.devstack.broker import LocalBroker
 from runevents.heap import HEAP_TOP_PAD
 from runevents.tables.writes import libpq_dsn
@@ -106,14 +107,19 @@ def events(count: int, tag: str) -> list[dict[str, Any]]:
 
 
 @contextlib.contextmanager
-def projectors(kafka: str, url: URL, topic: str) -> Iterator[list[subprocess.Popen[bytes]]]:
-    """`PROJECTORS` projector processes in one group; stopped with SIGTERM at the end."""
+def projectors(
+    kafka: str, url: URL, topic: str, *, kek: str | None = None
+) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """`PROJECTORS` projector processes in one group (given the KEK `kek`, if any); stopped with SIGTERM
+    at the end."""
     command = [sys.executable, "-m", "runevents.cli", "project", "--kafka", kafka, "--metrics-port", "0"]
+    environment = os.environ | ({} if kek is None else {"RUNEVENTS_KEK": kek})
     processes = [
         subprocess.Popen(
             [*command, "--database", libpq_dsn(url), "--topic", topic, "--session-timeout-ms", "2000"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            env=environment,
         )
         for _ in range(PROJECTORS)
     ]
@@ -235,7 +241,14 @@ class Drain:
 
 
 async def drain(
-    kafka: str, url: URL, admin: asyncpg.Connection, topic: str, count: int, servers: Servers
+    kafka: str,
+    url: URL,
+    admin: asyncpg.Connection,
+    topic: str,
+    count: int,
+    servers: Servers,
+    *,
+    kek: str | None = None,
 ) -> Drain:
     """Project `count` pre-published events: events/s (group join included), peak RSS, CPU per event.
 
@@ -245,7 +258,8 @@ async def drain(
     are the two windows' per-event figures added up.
     """
     backlog = events(count, "drain")
-    store = BusRunEventStore(kafka, libpq_dsn(url), topic=topic)
+    keyring = None if kek is None else parse_keyring(kek, source="the benchmark's KEK")
+    store = BusRunEventStore(kafka, libpq_dsn(url), topic=topic, keyring=keyring)
     try:
         with inputs_frozen():
             filling = cpu.Meter({"publisher": cpu.processes(os.getpid()), **servers.roles()})
@@ -255,7 +269,7 @@ async def drain(
         await store.close()
     del backlog
     started = time.perf_counter()
-    with projectors(kafka, url, topic) as processes:
+    with projectors(kafka, url, topic, kek=kek) as processes:
         first = await until_rows(admin, 1)
         draining = cpu.Meter({"projector": cpu.processes(*(p.pid for p in processes)), **servers.roles()})
         await until_rows(admin, count)
