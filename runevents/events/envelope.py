@@ -122,6 +122,33 @@ class SetRetentionEnvelope(_EnvelopeBase):
     )
 
 
+class SealedPart(BaseModel):
+    """A sealed put's content and metadata, encrypted with its thread's data key (runevents.crypto)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    key: str = Field(pattern=UUID_PATTERN, description="The data key's id, as the runevents-key header.")
+    nonce: str = Field(description="AES-256-GCM's 96-bit nonce, base64.")
+    data: str = Field(
+        description='AES-256-GCM over {"content": ..., "metadata": ...} (base64), with the event id, '
+        "thread id and key id as associated data; opened with the key service only."
+    )
+
+
+class SealedPutEnvelope(_EnvelopeBase):
+    """A put whose content and metadata are sealed (header runevents-key); the rest as a put's."""
+
+    op: Literal["put", "put_if_absent"]
+    run_id: Id
+    event_type: EventType
+    category: Category
+    sealed: SealedPart
+    created_at: Annotated[datetime, AfterValidator(require_aware)] = Field(
+        description="ISO-8601 with an offset."
+    )
+    user_id: Id | None = None
+
+
 Ops = DeleteThreadEnvelope | DeleteRunEnvelope | ExpireEnvelope | SetRetentionEnvelope
 Envelope = Annotated[PutEnvelope | Ops, Field(discriminator="op")]
 ENVELOPE: Final[TypeAdapter[PutEnvelope | Ops]] = TypeAdapter(Envelope)
@@ -129,14 +156,15 @@ ENVELOPE: Final[TypeAdapter[PutEnvelope | Ops]] = TypeAdapter(Envelope)
 
 def envelope_json_schema() -> dict[str, Any]:
     """The JSON Schema of a topic record's value (version 1), as published for analytics consumers."""
-    schema = ENVELOPE.json_schema()
+    schema = TypeAdapter(Envelope | SealedPutEnvelope).json_schema()
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": "https://runevents.dev/schema/run-event.v1.json",
         "title": "runevents topic record, version 1",
         "description": (
             "The value of one record of the run-events topic. Key: the thread id in UTF-8. Headers: "
-            f"{SCHEMA_HEADER} (the version), {OP_HEADER}, and {EVENT_TYPE_HEADER} for puts."
+            f"{SCHEMA_HEADER} (the version), {OP_HEADER}, and {EVENT_TYPE_HEADER} for puts; a sealed put "
+            "(sealed in place of content and metadata) also runevents-key."
         ),
         **schema,
     }

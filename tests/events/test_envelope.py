@@ -44,8 +44,14 @@ def test_the_published_schema_file_is_what_the_models_generate():
 
 def test_the_schema_describes_every_op_and_requires_the_envelope_fields():
     schema = orjson.loads(SCHEMA_FILE.read_bytes())
-    ops = {name: definition["properties"]["op"] for name, definition in schema["$defs"].items()}
-    assert set(schema["discriminator"]["mapping"]) == {
+    ops = {
+        name: definition["properties"]["op"]
+        for name, definition in schema["$defs"].items()
+        if "op" in definition["properties"]
+    }
+    plain, sealed = schema["anyOf"]
+    assert sealed == {"$ref": "#/$defs/SealedPutEnvelope"}
+    assert set(plain["discriminator"]["mapping"]) == {
         "put",
         "put_if_absent",
         "delete_thread",
@@ -56,6 +62,12 @@ def test_the_schema_describes_every_op_and_requires_the_envelope_fields():
     assert ops["PutEnvelope"]["enum"] == ["put", "put_if_absent"]
     put = schema["$defs"]["PutEnvelope"]
     assert {"v", "event_id", "thread_id", "op", "run_id", "event_type", "category"} <= set(put["required"])
+    # A sealed put: the same clear fields, `sealed` in place of content and metadata.
+    assert ops["SealedPutEnvelope"]["enum"] == ["put", "put_if_absent"]
+    sealed_put = schema["$defs"]["SealedPutEnvelope"]
+    assert {"v", "event_id", "thread_id", "op", "run_id", "sealed"} <= set(sealed_put["required"])
+    assert "content" not in sealed_put["properties"]
+    assert set(schema["$defs"]["SealedPart"]["required"]) == {"key", "nonce", "data"}
 
 
 def test_a_put_decodes_to_the_event_that_was_encoded():
