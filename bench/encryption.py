@@ -55,6 +55,7 @@ async def fresh_topic(kafka: str, admin: asyncpg.Connection) -> str:
     topic = f"bench-{uuid.uuid4().hex[:10]}"
     await create_topic(kafka, topic, partitions=PARTITIONS)
     await empty(admin)
+    await admin.execute("TRUNCATE thread_keys")  # each sealed round makes its threads' keys
     return topic
 
 
@@ -82,10 +83,16 @@ async def puts(kafka: str, url: URL, admin: asyncpg.Connection, count: int, kek:
 
 
 async def repetition(
-    kafka: str, url: URL, admin: asyncpg.Connection, work: Workload, servers: Servers, sealed_first: bool
+    kafka: str,
+    url: URL,
+    admin: asyncpg.Connection,
+    work: Workload,
+    servers: Servers,
+    *,
+    kek: str,
+    sealed_first: bool,
 ) -> dict[str, float]:
     """One round: a clear and a sealed drain, clear and sealed puts; rates and µs/event by name."""
-    kek = base64.b64encode(new_key()).decode()
     measured: dict[str, float] = {}
     for how in ("sealed", "clear") if sealed_first else ("clear", "sealed"):
         key = kek if how == "sealed" else None
@@ -105,10 +112,11 @@ async def run(kafka: str, kafka_description: str, server: URL, description: str,
         f"put: {work.puts:,} by {COROUTINES} writers"
     )
     servers = await Servers.find(server, kafka)
+    kek = base64.b64encode(new_key()).decode()
     async with with_copy_table(server) as (url, admin):
         print(f"load average before: {load()}")
         runs = [
-            await repetition(kafka, url, admin, work, servers, sealed_first=number % 2 == 1)
+            await repetition(kafka, url, admin, work, servers, kek=kek, sealed_first=number % 2 == 1)
             for number in range(work.repetitions)
         ]
         print(f"load average after:  {load()}")

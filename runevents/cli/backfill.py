@@ -139,6 +139,7 @@ async def _backfill(
             on_progress=show,
             stop=stop,
             client_options=settings.kafka_options(),
+            keyring=settings.keyring(),
         )
     finally:
         if bar.live.is_started:

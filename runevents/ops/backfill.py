@@ -23,15 +23,19 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 import asyncpg
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from runevents.bus.names import DEFAULT_TOPIC
 from runevents.bus.producer import EventProducer, EventTooLargeError
+from runevents.bus.sealer import Sealer
 from runevents.bus.topic import TopicMissingError, log_offsets
+from runevents.crypto.keyring import Keyring
 from runevents.errors import InvalidEventError, RunEventsError
-from runevents.events import PreparedEvent, prepare_event
+from runevents.events import PUT, PreparedEvent, prepare_event
 from runevents.ops.backfill_sources import Source, SourceEvent
 from runevents.tables import writes
-from runevents.tables.sql import SqlRunEventStore
+from runevents.tables.keys import ThreadKeys
+from runevents.tables.sql import SqlRunEventStore, engine_for
 
 DEFAULT_BATCH: Final = 2000
 ALREADY_PROJECTED: Final = "already in the read tables"
@@ -94,10 +98,19 @@ class _Topic:
 
     pipelined = True
 
-    def __init__(self, producer: EventProducer, lookups: asyncpg.Pool, schema: str | None) -> None:
+    def __init__(
+        self,
+        producer: EventProducer,
+        lookups: asyncpg.Pool,
+        schema: str | None,
+        sealer: Sealer | None = None,
+        engine: AsyncEngine | None = None,
+    ) -> None:
         self._producer = producer
         self._lookups = lookups
         self._lookup_sql = writes.projected_seqs_sql(schema)
+        self._sealer = sealer
+        self._engine = engine
 
     async def stored(self, events: Sequence[PreparedEvent]) -> set[str]:
         rows = await self._lookups.fetch(
@@ -106,11 +119,14 @@ class _Topic:
         return {row[0] for row in rows}
 
     async def write(self, events: list[PreparedEvent]) -> None:
-        await self._producer.publish_puts(events)
+        sealed = None if self._sealer is None else await self._sealer.seal(events, PUT)
+        await self._producer.publish_puts(events, sealed=sealed)
 
     async def close(self) -> None:
         await self._producer.stop()
         await self._lookups.close()
+        if self._engine is not None:
+            await self._engine.dispose()
 
 
 class _Tables:
@@ -211,15 +227,19 @@ async def backfill(
     on_progress: Callable[[Backfilled], None] | None = None,
     stop: asyncio.Event | None = None,
     client_options: Mapping[str, Any] | None = None,
+    keyring: Keyring | None = None,
 ) -> Backfilled:
-    """Publish `source`'s events to `topic`, skipping those the read tables (in `schema`) hold."""
+    """Publish `source`'s events to `topic`, skipping those the read tables (in `schema`) hold; sealed
+    with their threads' keys if given a `keyring` (as a bus store with one seals its puts)."""
     try:
         await log_offsets(bootstrap_servers, topic, "start", client_options=client_options)
     except TopicMissingError as error:
         raise BackfillError(f"{error} (create it first: `runevents topic create`)") from None
     producer = EventProducer(bootstrap_servers, topic=topic, client_options=dict(client_options or {}))
     lookups = await asyncpg.create_pool(writes.libpq_dsn(database_url), min_size=1, max_size=1)
-    target = _Topic(producer, lookups, schema)
+    engine = None if keyring is None else engine_for(database_url, pool_size=1)
+    sealer = None if engine is None or keyring is None else Sealer(ThreadKeys(engine, keyring))
+    target = _Topic(producer, lookups, schema, sealer, engine)
     return await _run(source, target, strict, batch_size, on_progress, stop)
 
 

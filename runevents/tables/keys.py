@@ -31,6 +31,8 @@ from runevents.tables.schema import thread_keys
 
 DEFAULT_KEY_SCHEMA: Final = "public"
 DEFAULT_CACHE_TTL_S: Final = 10.0
+# Unwrapped keys a reader keeps (about 1 KiB each); past that it starts again.
+OPENED_KEPT: Final = 100_000
 _k = thread_keys.c
 
 
@@ -51,6 +53,9 @@ class ThreadKeys:
         self.keyring = keyring
         self._ttl_s = cache_ttl_s
         self._live: dict[str, tuple[str, AESGCM, float]] = {}
+        # Keys unwrapped before, by id with the wrapped bytes they came from: a batch still reads every
+        # key's row (a destroyed one has none), but unwraps only what it has not seen.
+        self._opened: dict[str, tuple[bytes, AESGCM]] = {}
 
     async def live(self, thread_ids: Collection[str]) -> dict[str, tuple[str, AESGCM]]:
         """Each thread's live key (made if it has none) as (key id, cipher), for sealing its records."""
@@ -120,13 +125,21 @@ class ThreadKeys:
             execution_options=self._in_schema,
         )
         found: dict[str, AESGCM | None] = {}
+        opened = self._opened
         for key_id, thread_id, kek_id, wrapped in result:
             if wrapped is None:
                 found[key_id] = None
-            else:
-                found[key_id] = AESGCM(
-                    self.keyring.unwrap(kek_id, wrapped, thread_id=thread_id, key_id=key_id)
-                )
+                opened.pop(key_id, None)
+                continue
+            known = opened.get(key_id)
+            if known is not None and known[0] == wrapped:
+                found[key_id] = known[1]
+                continue
+            cipher = AESGCM(self.keyring.unwrap(kek_id, wrapped, thread_id=thread_id, key_id=key_id))
+            if len(opened) >= OPENED_KEPT:
+                opened.clear()
+            opened[key_id] = (wrapped, cipher)
+            found[key_id] = cipher
         missing = sorted(set(key_ids) - found.keys())
         if missing:
             raise KeyUnavailableError(
