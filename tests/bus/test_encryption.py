@@ -19,6 +19,8 @@ from runevents.crypto.keyring import Keyring, KeyUnavailableError, new_key
 from runevents.crypto.sealing import SEALED_HEADER
 from runevents.errors import ErasureUnavailableError
 from runevents.lifecycle.blobs import FileBlobStore
+from runevents.tables.keys import ThreadKeys
+from runevents.tables.sql import engine_for
 from runevents.tables.writes import libpq_dsn
 from tests.bus.conftest import running
 
@@ -178,3 +180,32 @@ async def test_a_writer_that_cached_a_destroyed_key_writes_erased_events_until_i
     finally:
         await writer.close()
         await eraser.close()
+
+
+async def test_after_a_kek_rotation_the_old_kek_can_go(kafka_bootstrap: str, bus_db: str, topic: str) -> None:
+    old, new = new_key(), new_key()
+    before = Keyring.of(old)
+    store = BusRunEventStore(kafka_bootstrap, bus_db, topic=topic, keyring=before)
+    try:
+        await store.publish_batch([_message(f"t{n}", "sealed under the old KEK") for n in range(5)])
+    finally:
+        await store.close()
+    engine = engine_for(bus_db)
+    try:
+        rotated = await ThreadKeys(engine, Keyring.of(new, old)).rewrap(batch=2)
+        assert rotated == 5
+        assert await ThreadKeys(engine, Keyring.of(new, old)).rewrap() == 0  # done: nothing left
+    finally:
+        await engine.dispose()
+    # Only the new KEK from here on: every record opens.
+    only_new = Keyring.of(new)
+    reader = BusRunEventStore(kafka_bootstrap, bus_db, topic=topic, keyring=only_new)
+    try:
+        async with running(
+            Projector(kafka_bootstrap, bus_db, topic=topic, partitions=range(4), keyring=only_new)
+        ):
+            await reader.put(**_message("t0", "after the rotation"))
+            contents = [m["content"]["content"] for m in await reader.list_messages("t0")]
+            assert contents == ["sealed under the old KEK", "after the rotation"]
+    finally:
+        await reader.close()

@@ -6,7 +6,9 @@ import base64
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from runevents.cli.app import app
 from runevents.crypto.keyring import (
     Keyring,
     KeyringError,
@@ -81,3 +83,21 @@ def test_the_settings_give_the_keyring_from_a_value_or_a_file(tmp_path: Path) ->
         load_keyring(TEXT_A, file)
     with pytest.raises(KeyringError, match="cannot be read"):
         load_keyring(None, tmp_path / "missing")
+
+
+def test_a_bad_kek_setting_is_named_without_its_value(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+
+    bad = f"k1:{TEXT_A}, k1:{TEXT_B}"
+    monkeypatch.setenv("RUNEVENTS_KEK", bad)
+    result = CliRunner().invoke(app, ["config"])
+    assert result.exit_code == 1
+    assert "setting kek (env RUNEVENTS_KEK)" in result.output
+    assert "KEK id 'k1' is given twice" in result.output
+    assert TEXT_A not in result.output
+    assert TEXT_B not in result.output
+    monkeypatch.setenv("RUNEVENTS_KEK", f"k1:{TEXT_A}")
+    shown = CliRunner().invoke(app, ["config"])
+    assert shown.exit_code == 0, shown.output
+    assert TEXT_A not in shown.output
