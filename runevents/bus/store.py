@@ -24,7 +24,7 @@ from runevents.bus.names import DEFAULT_PROJECTION, DEFAULT_TOPIC
 from runevents.bus.producer import EventProducer, Published
 from runevents.bus.read_your_writes import DEFAULT_POLL_INTERVAL_S, ProjectionWatcher
 from runevents.bus.sealer import Sealer
-from runevents.crypto.keyring import Keyring
+from runevents.crypto.keyring import KeyWrapper
 from runevents.errors import ErasureUnavailableError, RunEventsError
 from runevents.events import (
     DEFAULT_MAX_TRACE_CONTENT,
@@ -81,7 +81,7 @@ class BusRunEventStore(ReadTablesStore):
         producer_options: dict[str, Any] | None = None,
         blobs: BlobStore | None = None,
         offload_over: Mapping[str, int] | None = None,
-        keyring: Keyring | None = None,
+        keyring: KeyWrapper | None = None,
         encrypt_categories: Collection[str] | None = None,
         key_schema: str = DEFAULT_KEY_SCHEMA,
         key_cache_ttl_s: float = DEFAULT_CACHE_TTL_S,

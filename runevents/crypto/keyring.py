@@ -4,7 +4,8 @@ A keyring holds one or more 256-bit KEKs, each named by an id; the first is the 
 wraps new data keys, and the others still unwrap the keys they wrapped (so that a rotation can
 rewrap them: `runevents keys rotate`). Its text form is one `id:base64` per line or comma, or a bare
 base64 key, whose id is then derived from the key (its sha256's first 16 hex digits, never the key).
-A KMS would sit here: something that wraps and unwraps data keys by id.
+A KMS plugs in here: anything with `current`, `wrap` and `unwrap` (`KeyWrapper`) can stand in for a
+keyring wherever one is taken, as a client of a KMS that wraps and unwraps data keys by id.
 
 Wrapping is AES-256-GCM with the thread id and the data key's id as associated data: a wrapped key
 moved to another thread (or row) does not unwrap. No key ever reaches an error message or a log.
@@ -19,7 +20,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -37,6 +38,23 @@ class KeyringError(RunEventsError, ValueError):
 
 class KeyUnavailableError(RunEventsError):
     """A data key cannot be unwrapped here: its KEK is not in this keyring, or the wrapped key is damaged."""
+
+
+class KeyWrapper(Protocol):
+    """What wraps and unwraps the threads' data keys: a `Keyring` here, a KMS client elsewhere."""
+
+    @property
+    def current(self) -> str:
+        """The id of the KEK that wraps new data keys."""
+        ...
+
+    def wrap(self, data_key: bytes, *, thread_id: str, key_id: str) -> tuple[str, bytes]:
+        """`data_key` wrapped for one thread's key: (the id of the KEK that wrapped it, the wrapped bytes)."""
+        ...
+
+    def unwrap(self, kek_id: str, wrapped: bytes, *, thread_id: str, key_id: str) -> bytes:
+        """The data key `wrap` wrapped; `KeyUnavailableError` if it cannot be unwrapped here."""
+        ...
 
 
 def new_key() -> bytes:

@@ -29,7 +29,7 @@ from runevents.bus.names import DEFAULT_TOPIC
 from runevents.bus.producer import EventProducer, EventTooLargeError
 from runevents.bus.sealer import Sealer
 from runevents.bus.topic import TopicMissingError, log_offsets
-from runevents.crypto.keyring import Keyring
+from runevents.crypto.keyring import KeyWrapper
 from runevents.errors import InvalidEventError, RunEventsError
 from runevents.events import PUT, PreparedEvent, prepare_event
 from runevents.ops.backfill_sources import Source, SourceEvent
@@ -227,7 +227,7 @@ async def backfill(
     on_progress: Callable[[Backfilled], None] | None = None,
     stop: asyncio.Event | None = None,
     client_options: Mapping[str, Any] | None = None,
-    keyring: Keyring | None = None,
+    keyring: KeyWrapper | None = None,
 ) -> Backfilled:
     """Publish `source`'s events to `topic`, skipping those the read tables (in `schema`) hold; sealed
     with their threads' keys if given a `keyring` (as a bus store with one seals its puts)."""

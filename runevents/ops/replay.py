@@ -20,7 +20,7 @@ from sqlalchemy import select
 from runevents.bus.names import DEFAULT_PROJECTION, DEFAULT_TOPIC
 from runevents.bus.projector.loop import Projector
 from runevents.bus.topic import TopicMissingError, log_offsets
-from runevents.crypto.keyring import Keyring
+from runevents.crypto.keyring import KeyWrapper
 from runevents.errors import RunEventsError
 from runevents.names import check_identifier, check_topic
 from runevents.tables.migrate import upgrade_async
@@ -104,7 +104,7 @@ async def replay(
     max_batch: int = 5000,
     tick_s: float = TICK_S,
     client_options: Mapping[str, Any] | None = None,
-    keyring: Keyring | None = None,
+    keyring: KeyWrapper | None = None,
 ) -> Replayed:
     """Project the whole topic into `projection` (schema: its name) until caught up or stopped; sealed
     records are opened with `keyring` (those of erased threads become erased tombstones)."""

@@ -25,7 +25,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from runevents.crypto.keyring import Keyring, KeyUnavailableError, new_key
+from runevents.crypto.keyring import KeyUnavailableError, KeyWrapper, new_key
 from runevents.names import check_identifier
 from runevents.tables.schema import thread_keys
 
@@ -42,7 +42,7 @@ class ThreadKeys:
     def __init__(
         self,
         engine: AsyncEngine,
-        keyring: Keyring,
+        keyring: KeyWrapper,
         *,
         schema: str = DEFAULT_KEY_SCHEMA,
         cache_ttl_s: float = DEFAULT_CACHE_TTL_S,

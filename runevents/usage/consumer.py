@@ -15,7 +15,7 @@ from runevents.bus.clients import DEFAULT_SESSION_TIMEOUT_MS, group_member_optio
 from runevents.bus.names import DEFAULT_TOPIC
 from runevents.bus.projector.offsets import Positions, RebalanceListener, StaleBatchError
 from runevents.bus.stopping import STOP_TIMEOUT_S, Batch, StoppableLoop, close_together, leave_group
-from runevents.crypto.keyring import Keyring
+from runevents.crypto.keyring import KeyWrapper
 from runevents.names import check_identifier, check_topic
 from runevents.tables import migrate
 from runevents.tables.keys import DEFAULT_KEY_SCHEMA, ThreadKeys
@@ -45,7 +45,7 @@ class UsageConsumer:
         client_options: dict[str, Any] | None = None,
         export_spans: bool = False,
         stop_timeout_s: float = STOP_TIMEOUT_S,
-        keyring: Keyring | None = None,
+        keyring: KeyWrapper | None = None,
         key_schema: str = DEFAULT_KEY_SCHEMA,
     ) -> None:
         """`export_spans`: an OpenTelemetry GenAI span of each call kept, once its batch commits;

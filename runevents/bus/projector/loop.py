@@ -20,7 +20,7 @@ from runevents.bus.projector.dead_letters import DeadLetters
 from runevents.bus.projector.offsets import Positions, RebalanceListener, StaleBatchError
 from runevents.bus.stopping import STOP_TIMEOUT_S, Batch, StoppableLoop, close_together, leave_group
 from runevents.bus.topic import TopicMissingError
-from runevents.crypto.keyring import Keyring
+from runevents.crypto.keyring import KeyWrapper
 from runevents.errors import RunEventsError, SchemaOutdatedError
 from runevents.masking import mask_secrets
 from runevents.names import check_identifier, check_topic
@@ -61,7 +61,7 @@ class Projector:
         consumer_options: dict[str, Any] | None = None,
         client_options: dict[str, Any] | None = None,
         stop_timeout_s: float = STOP_TIMEOUT_S,
-        keyring: Keyring | None = None,
+        keyring: KeyWrapper | None = None,
         key_schema: str = DEFAULT_KEY_SCHEMA,
     ) -> None:
         """`keyring`: the KEKs that unwrap the data keys of sealed records (runevents.crypto), kept in
