@@ -22,7 +22,8 @@ def decode_consumer_record(
 ) -> PreparedEvent | Op:
     """The record's value decoded (a sealed one opened with `keys`); raise `UndecodableRecordError` if it
     is not keyed by its thread id."""
-    if keys is not None and sealed_key(record.headers) is not None:
+    # Only a batch that named a key holds sealed records: the others' headers are not looked at again.
+    if keys and sealed_key(record.headers) is not None:
         if record.value is None:
             raise UndecodableRecordError("the record has no value")
         decoded: PreparedEvent | Op = decode_sealed(record.value, keys, max_trace_content=max_trace_content)
