@@ -342,10 +342,8 @@ class BusRunEventStore(ReadTablesStore):
             )
 
     async def _erase(self, thread_ids: list[str]) -> None:
-        # After the delete is projected: the projector never needs the keys of what it has removed.
         assert self._sealer is not None
-        outcome = "the threads' events are deleted, but their keys are not destroyed yet: erase them again"
-        async with self._reading_keys(outcome):
+        async with self._reading_keys("nothing was destroyed or deleted"):
             await self._sealer.keys.destroy(thread_ids)
 
     async def _delete_thread(self, thread_id: str) -> int:

@@ -184,9 +184,9 @@ class RunEventStore(abc.ABC):
     async def delete_by_thread(self, thread_id: str, *, erase: bool = False) -> int:
         """Delete a thread's records and reset its seq; return how many were removed.
 
-        `erase`: also make every copy of its events this store keeps elsewhere unreadable: on the bus,
+        `erase`: first make every copy of its events this store keeps elsewhere unreadable: on the bus,
         destroy the thread's data keys, so that its records on the topic (sealed with them) can never
-        be opened again, by a replay or by anyone reading the topic. A bus store that does not seal
+        be opened again, by a replay or by anyone reading the topic; then delete. A bus store that does not seal
         refuses it before deleting anything (`ErasureUnavailableError`); the local backends keep no
         other copy (their blobs go with the next retention run). See the README's "Deleting and
         erasing data" for what remains where.
@@ -194,10 +194,10 @@ class RunEventStore(abc.ABC):
         check_id("thread_id", thread_id)
         if erase:
             self._check_erasable()
-        removed = await self._delete_thread(thread_id)
-        if erase:
+            # The keys first: a writer's put of the thread that reaches the log meanwhile is sealed with
+            # a destroyed key (projected as erased) or a new one, and the delete, after it, removes it.
             await self._erase([thread_id])
-        return removed
+        return await self._delete_thread(thread_id)
 
     async def user_thread_ids(self, user_id: str) -> list[str]:
         """The ids of the threads holding an event of `user_id` (to erase a user's data), ascending."""
