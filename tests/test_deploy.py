@@ -93,7 +93,7 @@ def test_secrets_come_from_secrets_never_from_the_config_map() -> None:
     for document in documents():
         for container in _containers(document):
             for variable in container.get("env", []):
-                if "PASSWORD" in variable["name"]:
+                if "PASSWORD" in variable["name"] or variable["name"] == "RUNEVENTS_KEK":
                     assert variable["valueFrom"]["secretKeyRef"]["name"] == "runevents-secrets"
 
 

@@ -186,9 +186,9 @@ class RunEventStore(abc.ABC):
 
         `erase`: first make every copy of its events this store keeps elsewhere unreadable: on the bus,
         destroy the thread's data keys, so that its records on the topic (sealed with them) can never
-        be opened again, by a replay or by anyone reading the topic; then delete. A bus store that does not seal
-        refuses it before deleting anything (`ErasureUnavailableError`); the local backends keep no
-        other copy (their blobs go with the next retention run). See the README's "Deleting and
+        be opened again, by a replay or by anyone reading the topic; then delete. A bus store that does
+        not seal refuses it before deleting anything (`ErasureUnavailableError`); the local backends
+        keep no other copy (their blobs go with the next retention run). See the README's "Deleting and
         erasing data" for what remains where.
         """
         check_id("thread_id", thread_id)
