@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import func, select, update
+from sqlalchemy import String, any_, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -34,6 +34,18 @@ DEFAULT_CACHE_TTL_S: Final = 10.0
 # Unwrapped keys a reader keeps (about 1 KiB each); past that it starts again.
 OPENED_KEPT: Final = 100_000
 _k = thread_keys.c
+
+
+def _any(values: Collection[str]) -> Any:
+    """`= ANY(<one array parameter>)`: a batch's thousands of ids would each be a parameter of an IN, past
+    PostgreSQL's 32,767."""
+    return any_(bindparam("ids", list(values), type_=postgresql.ARRAY(String)))
+
+
+# Another writer made a thread's key a moment ago: that key is the thread's, and this one is not kept.
+_INSERT_NEW: Final = postgresql.insert(thread_keys).on_conflict_do_nothing(
+    index_elements=[_k.thread_id], index_where=_k.destroyed_at.is_(None)
+)
 
 
 class ThreadKeys:
@@ -73,7 +85,8 @@ class ThreadKeys:
                 rows = await self._live_rows(connection, wanted)
                 missing = [thread_id for thread_id in wanted if thread_id not in rows]
                 if missing:
-                    await connection.execute(self._new_keys(missing))
+                    # executemany: SQLAlchemy pages the rows under the driver's parameter limit.
+                    await connection.execute(_INSERT_NEW, self._new_keys(missing))
                     rows |= await self._live_rows(connection, missing)
             for thread_id in wanted:
                 key_id, kek_id, wrapped = rows[thread_id]
@@ -87,12 +100,12 @@ class ThreadKeys:
     ) -> dict[str, tuple[str, str, bytes]]:
         result = await connection.execute(
             select(_k.thread_id, _k.key_id, _k.kek_id, _k.wrapped).where(
-                _k.thread_id.in_(thread_ids), _k.destroyed_at.is_(None)
+                _k.thread_id == _any(thread_ids), _k.destroyed_at.is_(None)
             )
         )
         return {thread_id: (key_id, kek_id, wrapped) for thread_id, key_id, kek_id, wrapped in result}
 
-    def _new_keys(self, thread_ids: list[str]) -> Any:
+    def _new_keys(self, thread_ids: list[str]) -> list[dict[str, Any]]:
         rows = []
         now = datetime.now(UTC)
         for thread_id in thread_ids:
@@ -107,12 +120,7 @@ class ThreadKeys:
                     "created_at": now,
                 }
             )
-        # Another writer made one a moment ago: its key is the thread's, and this one is not kept.
-        return (
-            postgresql.insert(thread_keys)
-            .values(rows)
-            .on_conflict_do_nothing(index_elements=[_k.thread_id], index_where=_k.destroyed_at.is_(None))
-        )
+        return rows
 
     async def ciphers(
         self, connection: AsyncConnection, key_ids: Collection[str]
@@ -121,7 +129,7 @@ class ThreadKeys:
         # On the caller's connection (a projector's batch: its schema is the projection's), this one
         # statement reads the keys' schema.
         result = await connection.execute(
-            select(_k.key_id, _k.thread_id, _k.kek_id, _k.wrapped).where(_k.key_id.in_(list(key_ids))),
+            select(_k.key_id, _k.thread_id, _k.kek_id, _k.wrapped).where(_k.key_id == _any(key_ids)),
             execution_options=self._in_schema,
         )
         found: dict[str, AESGCM | None] = {}
@@ -160,7 +168,7 @@ class ThreadKeys:
         async with self._engine.begin() as connection:
             result = await connection.execute(
                 update(thread_keys)
-                .where(_k.thread_id.in_(list(thread_ids)), _k.destroyed_at.is_(None))
+                .where(_k.thread_id == _any(thread_ids), _k.destroyed_at.is_(None))
                 .values(wrapped=None, destroyed_at=func.now())
             )
         return int(result.rowcount)
