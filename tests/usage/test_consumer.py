@@ -12,6 +12,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from runevents.bus.store import BusRunEventStore
+from runevents.crypto.keyring import Keyring, KeyUnavailableError, new_key
 from runevents.errors import SchemaOutdatedError
 from runevents.events import prepare_event
 from runevents.tables.migrate import upgrade_async
@@ -187,3 +188,46 @@ async def test_a_database_not_upgraded_is_refused_before_joining(
     consumer = UsageConsumer(kafka_bootstrap, pg_database, topic=topic)
     with pytest.raises(SchemaOutdatedError, match="runevents db upgrade"):
         await consumer.run()
+
+
+async def test_sealed_records_are_counted_with_the_keys_and_stop_a_consumer_without_them(
+    kafka_bootstrap: str, bus_db: str, topic: str
+) -> None:
+    keyring = Keyring.of(new_key())
+    sealing = BusRunEventStore(kafka_bootstrap, bus_db, topic=topic, keyring=keyring)
+    try:
+        await sealing.publish_batch(
+            [
+                {
+                    "thread_id": "t1",
+                    "run_id": "r1",
+                    "event_type": "llm.ai.response",
+                    "category": "message",
+                    "content": {
+                        "type": "ai",
+                        "id": "m1",
+                        "content": "",
+                        "response_metadata": {"model_name": "m"},
+                    },
+                    "metadata": {"caller": "lead_agent", "usage": {"input_tokens": 3, "output_tokens": 4}},
+                }
+            ]
+        )
+    finally:
+        await sealing.close()
+    blind = UsageConsumer(kafka_bootstrap, bus_db, topic=topic, group=f"usage-{uuid.uuid4().hex[:8]}")
+    try:
+        with pytest.raises(KeyUnavailableError, match="this consumer has no keyring"):
+            await asyncio.wait_for(blind.run(), timeout=60)
+    finally:
+        await blind.close()
+    group = f"usage-{uuid.uuid4().hex[:8]}"
+    async with consuming(UsageConsumer(kafka_bootstrap, bus_db, topic=topic, group=group, keyring=keyring)):
+        await wait_caught_up(kafka_bootstrap, topic, bus_db, group)
+    reader = UsageReader(bus_db)
+    try:
+        usage = await reader.thread_usage("t1")
+    finally:
+        await reader.close()
+    assert usage is not None
+    assert (usage["total_input_tokens"], usage["total_output_tokens"], usage["total_tokens"]) == (3, 4, 7)
