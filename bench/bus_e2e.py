@@ -11,6 +11,9 @@ Each rate is set against a raw asyncpg COPY of the same number of rows into a co
 measured in the same repetition, and printed beside its target (issue 19's, else issue 6's). Beside the rates,
 the CPU each role used per event of the drain: this process filling the topic, the projectors draining
 it, the PostgreSQL server and the broker (`bench.cpu`).
+
+Over 400 lines: this benchmark, and the broker, projector, drain and COPY pieces `bench replay` and
+`bench encryption` run too (one place for how the bus is set up and measured).
 """
 
 from __future__ import annotations

@@ -33,10 +33,13 @@ class Sealer:
 
     async def seal(self, events: Sequence[PreparedEvent], op: str) -> list[tuple[str, bytes] | None]:
         """Per event, its sealed value and its key's id, or None where its category stays clear."""
-        live = await self.keys.live({event.thread_id for event in events if self.seals(event.category)})
+        sealing = [self.seals(event.category) for event in events]
+        live = await self.keys.live(
+            {event.thread_id for event, seals in zip(events, sealing, strict=True) if seals}
+        )
         sealed: list[tuple[str, bytes] | None] = []
-        for event in events:
-            if not self.seals(event.category):
+        for event, seals in zip(events, sealing, strict=True):
+            if not seals:
                 sealed.append(None)
                 continue
             key_id, cipher = live[event.thread_id]

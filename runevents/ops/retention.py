@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
@@ -51,7 +51,6 @@ class RetentionReport:
     blobs_skipped: bool = False
     # The oldest event left in a thread whose policy expires events (None: no such event).
     oldest_kept: datetime | None = None
-    referenced: set[str] = field(default_factory=set, repr=False)
 
     def line(self) -> str:
         """One line saying it, for a log or the terminal."""
@@ -98,6 +97,8 @@ async def apply_retention(
     report = RetentionReport()
     started = time.monotonic()
     after: str | None = None
+    # The blobs the threads looked at point at: what the collection after the walk keeps.
+    referenced: set[str] = set()
     if blobs is not None:
         # On the bus, an event published (its blob written) but not yet projected would be missed by
         # the walk: the walk starts once the projection has everything published before the run.
@@ -125,28 +126,33 @@ async def apply_retention(
                 if report.stopped:
                     return report
                 if blobs is not None and not report.blobs_skipped:
-                    report.referenced |= await store.blob_references(thread_id)
+                    referenced |= await store.blob_references(thread_id)
             after = page[-1]
         if report.oldest_kept is not None:
             RETENTION_OLDEST_AGE.set((moment - report.oldest_kept).total_seconds())
         if blobs is not None and not report.blobs_skipped:
-            await _collect_blobs(blobs, report, began - blob_grace, dry_run, stop)
+            await _collect_blobs(blobs, referenced, report, began - blob_grace, dry_run, stop)
         return report
     finally:
         report.seconds = time.monotonic() - started
 
 
 async def _collect_blobs(
-    blobs: BlobStore, report: RetentionReport, cutoff: datetime, dry_run: bool, stop: asyncio.Event | None
+    blobs: BlobStore,
+    referenced: set[str],
+    report: RetentionReport,
+    cutoff: datetime,
+    dry_run: bool,
+    stop: asyncio.Event | None,
 ) -> None:
-    """Remove the blobs written before `cutoff` that no thread looked at points at."""
+    """Remove the blobs written before `cutoff` but those `referenced`."""
     after: str | None = None
     while page := await blobs.addresses(after=after, limit=BLOBS_PAGE):
         for address in page:
             if stop is not None and stop.is_set():
                 report.stopped = True
                 return
-            if address in report.referenced:
+            if address in referenced:
                 continue
             if dry_run or await blobs.collect(address, written_before=cutoff):
                 report.blobs_collected += 1

@@ -1,4 +1,9 @@
-"""The contract: `RunEventStore`, the one interface every backend implements."""
+"""The contract: `RunEventStore`, the one interface every backend implements.
+
+Over 400 lines: each public method checks its arguments and hands a backend's hook checked values,
+and the pairs are kept together in the one class a backend subclasses, so that the whole contract
+(reads, writes, deletes, retention, blobs, erasure) reads in one place.
+"""
 
 from __future__ import annotations
 

@@ -18,10 +18,9 @@ from runevents.lifecycle.blobs import BlobMissingError, BlobStore, FileBlobStore
 from runevents.store import RunEventStore
 from runevents.store.jsonl import JsonlRunEventStore
 from runevents.store.memory import MemoryRunEventStore
-from runevents.tables.blobs import PostgresBlobStore
 from runevents.tables.migrate import upgrade_async
-from runevents.tables.sql import SqlRunEventStore, engine_for
 from tests.bus.conftest import running
+from tests.lifecycle.stores import BLOB_BACKENDS, store_keeping_blobs
 
 LIMIT = 1000
 # Messages are kept whole past this size (offload_over), traces past LIMIT (max_trace_content).
@@ -31,50 +30,15 @@ OVER = {"message": MESSAGE_LIMIT}
 WHOLE_DICT = {"tool": "search", "results": [{"rank": n, "text": "é" * 50} for n in range(100)]}
 
 
-@pytest.fixture(params=["memory", "jsonl", "sqlite", "postgresql", "bus"])
+@pytest.fixture(params=BLOB_BACKENDS)
 async def store(
     request: pytest.FixtureRequest, tmp_path: Path, pg_database: str
 ) -> AsyncIterator[RunEventStore]:
     """A store of each backend that keeps cut contents whole (files, or the blobs table)."""
-    files = FileBlobStore(tmp_path / "blobs", fsync=False)
-    if request.param == "memory":
-        yield MemoryRunEventStore(max_trace_content=LIMIT, blobs=files, offload_over=OVER)
-        return
-    if request.param == "jsonl":
-        jsonl = JsonlRunEventStore(
-            tmp_path / "jsonl", max_trace_content=LIMIT, blobs=files, offload_over=OVER
-        )
-        yield jsonl
-        await jsonl.close()
-        return
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'read.db'}"
-        await upgrade_async(url)
-        sqlite = SqlRunEventStore(url, max_trace_content=LIMIT, blobs=files, offload_over=OVER)
-        yield sqlite
-        await sqlite.close()
-        return
-    await upgrade_async(pg_database)
-    engine = engine_for(pg_database)
-    blobs = PostgresBlobStore(engine)
-    try:
-        if request.param == "postgresql":
-            sql = SqlRunEventStore(pg_database, max_trace_content=LIMIT, blobs=blobs, offload_over=OVER)
-            yield sql
-            await sql.close()
-            return
-        # The bus: the blob goes in the table before the record goes on the topic.
-        kafka: str = request.getfixturevalue("kafka_bootstrap")
-        topic = f"blobs-{uuid.uuid4().hex[:12]}"
-        assert await create_topic(kafka, topic, partitions=2)
-        bus = BusRunEventStore(
-            kafka, pg_database, topic=topic, max_trace_content=LIMIT, blobs=blobs, offload_over=OVER
-        )
-        async with running(Projector(kafka, pg_database, topic=topic, partitions=[0, 1])):
-            yield bus
-        await bus.close()
-    finally:
-        await engine.dispose()
+    async with store_keeping_blobs(
+        request, tmp_path, pg_database, max_trace_content=LIMIT, offload_over=OVER
+    ) as opened:
+        yield opened
 
 
 def _trace(content: Any, thread_id: str = "t1") -> dict[str, Any]:

@@ -21,13 +21,12 @@ from runevents.lifecycle.retention import parse_policy
 from runevents.metrics import RETENTION_OLDEST_AGE
 from runevents.ops.retention import apply_retention
 from runevents.store import RunEventStore
-from runevents.store.jsonl import JsonlRunEventStore
-from runevents.store.memory import MemoryRunEventStore
 from runevents.tables.blobs import PostgresBlobStore
 from runevents.tables.migrate import upgrade_async
 from runevents.tables.schema import blobs as blobs_table
-from runevents.tables.sql import SqlRunEventStore, engine_for
+from runevents.tables.sql import engine_for
 from tests.bus.conftest import running
+from tests.lifecycle.stores import BLOB_BACKENDS, store_keeping_blobs
 
 LIMIT = 100
 NOW = datetime.now(UTC)
@@ -35,46 +34,13 @@ OLD = (NOW - timedelta(days=40)).isoformat()
 POLICY = parse_policy("max_age=30d")
 
 
-@pytest.fixture(params=["memory", "jsonl", "sqlite", "postgresql", "bus"])
+@pytest.fixture(params=BLOB_BACKENDS)
 async def store(
     request: pytest.FixtureRequest, tmp_path: Path, pg_database: str
 ) -> AsyncIterator[RunEventStore]:
     """A store of each backend whose traces over LIMIT bytes are kept whole in a blob store."""
-    files = FileBlobStore(tmp_path / "blobs", fsync=False)
-    if request.param == "memory":
-        yield MemoryRunEventStore(max_trace_content=LIMIT, blobs=files)
-        return
-    if request.param == "jsonl":
-        jsonl = JsonlRunEventStore(tmp_path / "jsonl", max_trace_content=LIMIT, blobs=files)
-        yield jsonl
-        await jsonl.close()
-        return
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'read.db'}"
-        await upgrade_async(url)
-        sqlite = SqlRunEventStore(url, max_trace_content=LIMIT, blobs=files)
-        yield sqlite
-        await sqlite.close()
-        return
-    await upgrade_async(pg_database)
-    engine = engine_for(pg_database)
-    try:
-        if request.param == "postgresql":
-            sql = SqlRunEventStore(pg_database, max_trace_content=LIMIT, blobs=PostgresBlobStore(engine))
-            yield sql
-            await sql.close()
-            return
-        kafka: str = request.getfixturevalue("kafka_bootstrap")
-        topic = f"collect-{uuid.uuid4().hex[:12]}"
-        assert await create_topic(kafka, topic, partitions=2)
-        bus = BusRunEventStore(
-            kafka, pg_database, topic=topic, max_trace_content=LIMIT, blobs=PostgresBlobStore(engine)
-        )
-        async with running(Projector(kafka, pg_database, topic=topic, partitions=[0, 1])):
-            yield bus
-        await bus.close()
-    finally:
-        await engine.dispose()
+    async with store_keeping_blobs(request, tmp_path, pg_database, max_trace_content=LIMIT) as opened:
+        yield opened
 
 
 def _trace(thread_id: str, text: str, created_at: str | None = None) -> dict[str, Any]:
