@@ -73,6 +73,10 @@ async def test_usage_consumers_sigtermed_mid_batch_and_mid_rebalance_exit_in_tim
                 fleet.start()
                 await watching
                 await stopped_in_time(fleet, member, "just after another member joined" + rebalancing(member))
+                # The rest stop once the group has settled: all stopped while the group still waits on
+                # the member that left, Tansu can keep it rebalancing for good, and the consumer that
+                # finishes the log below was never assigned (CI: 1 run in 4; here 1 in 5).
+                await settled(fleet)
                 for consumer in list(fleet.live):
                     await stopped_in_time(fleet, consumer, "at the end")
         finally:
